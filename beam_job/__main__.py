@@ -1,0 +1,5 @@
+import sys
+
+from beam_job.cli import main
+
+sys.exit(main())

@@ -1,0 +1,155 @@
+"""``python -m beam_job``: parse the job's flags, check them and the paths, build and run the pipeline.
+
+Three thin layers, as in Beam's ``wordcount``: ``main`` turns errors into exit codes, ``run`` splits the
+job's flags from Beam's with ``parse_known_args`` and checks everything that can be checked before
+submitting, and ``build`` assembles the pipeline from the reusable transforms.
+"""
+
+import argparse
+import fnmatch
+import json
+import logging
+import sys
+from typing import List, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from beam_job import planning, sinks, sources, transforms
+from beam_job.errors import JobError, find_job_error
+
+_LOG = logging.getLogger("beam_job")
+_LOCAL_RUNNERS = (None, "DirectRunner", "direct", "directrunner")
+
+
+def _non_negative_int(text: str) -> int:
+  value = int(text.replace(",", "").replace("_", ""))
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+  return value
+
+
+def _positive_float(text: str) -> float:
+  value = float(text)
+  if not value > 0:
+    raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+  return value
+
+
+class _Parser(argparse.ArgumentParser):
+
+  def error(self, message):
+    raise JobError(message)
+
+
+def make_parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="python -m beam_job", description=(
+      "Writes every pairwise combination of two TFRecord datasets of tf.train.Example, each pair merged into "
+      "one Example. Flags not listed here go to Beam's PipelineOptions."))
+  parser.add_argument("--left", required=True, help="File pattern(s), comma-separated, of the left dataset.")
+  parser.add_argument("--right", help="File pattern(s) of the right dataset; omitted: pair --left with itself.")
+  parser.add_argument("--output", required=True, help="Output prefix: PREFIX-SSSSS-of-NNNNN.tfrecord.")
+  parser.add_argument("--compression", default="auto", choices=sources.COMPRESSIONS,
+                      help="Input compression; auto decides by file extension (.gz, .zlib, .deflate).")
+  parser.add_argument("--output_compression", default="uncompressed", choices=transforms.OUTPUT_COMPRESSIONS)
+  parser.add_argument("--collision", default="error", choices=transforms.COLLISIONS,
+                      help="What to do with a feature name present on both sides.")
+  parser.add_argument("--left_prefix", default="left_", help="With --collision prefix (may be empty).")
+  parser.add_argument("--right_prefix", default="right_", help="With --collision prefix (may be empty).")
+  parser.add_argument("--self_join", default=None, choices=planning.SELF_JOINS,
+                      help="Which pairs of --left with itself (only without --right); default product.")
+  parser.add_argument("--on_corrupt", default="fail", choices=transforms.ON_CORRUPT)
+  parser.add_argument("--max_pairs", type=_non_negative_int, default=1_000_000_000,
+                      help="Refuse, before writing, a job with more pairs than this.")
+  parser.add_argument("--strategy", default="auto", choices=transforms.STRATEGIES)
+  parser.add_argument("--target_shard_mb", type=_positive_float, default=256.0,
+                      help="Approximate size of one output shard (one cell), in MB (10^6 bytes).")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="Replace the shards and summary of an earlier run under the same prefix.")
+  return parser
+
+
+def _check_output(args, inputs: List[str]) -> None:
+  """Refuses an output that would clobber an earlier run or land among the inputs, before reading anything."""
+  probe = planning.shard_name(args.output, 0, 1, args.output_compression)
+  for pattern in sources.split_patterns(args.left) + sources.split_patterns(args.right or ""):
+    if fnmatch.fnmatch(probe, pattern) or fnmatch.fnmatch(sinks.summary_path(args.output), pattern):
+      raise JobError(f"--output {args.output!r} falls inside input pattern {pattern!r}; choose another prefix")
+  if any(path.startswith(args.output + "-") for path in inputs):
+    raise JobError(f"--output {args.output!r} is the prefix of input files; choose another prefix")
+  existing = sinks.existing_outputs(args.output)
+  if existing and not args.overwrite:
+    raise JobError(f"output prefix {args.output!r} already holds {len(existing)} file(s) of an earlier run "
+                   f"(e.g. {existing[0]}); pass --overwrite to replace them")
+
+
+def build(pipeline: beam.Pipeline, args, _fail_cell=None):
+  """Adds the job to ``pipeline``; returns the PCollection of its summary."""
+  left = pipeline | "ReadLeft" >> transforms.ReadExamples(
+      sources.split_patterns(args.left), args.compression, args.on_corrupt)
+  inputs = left
+  if args.right:
+    inputs = (left, pipeline | "ReadRight" >> transforms.ReadExamples(
+        sources.split_patterns(args.right), args.compression, args.on_corrupt))
+  return inputs | "CrossProduct" >> transforms.CrossProduct(
+      args.output, collision=args.collision, left_prefix=args.left_prefix, right_prefix=args.right_prefix,
+      self_join=args.self_join or "product", on_corrupt=args.on_corrupt, max_pairs=args.max_pairs,
+      strategy=args.strategy, target_shard_mb=args.target_shard_mb, output_compression=args.output_compression,
+      overwrite=args.overwrite, _fail_cell=_fail_cell)
+
+
+def local_runner(options: PipelineOptions):
+  """The DirectRunner's FnApiRunner, without the DirectRunner's attempt to download and start Prism first.
+
+  Beam 2.77's DirectRunner tries Prism before anything else; here that means a download that cannot succeed.
+  ``--direct_running_mode`` and ``--direct_num_workers`` keep their meaning.
+  """
+  from apache_beam.portability.api import beam_provision_api_pb2
+  from apache_beam.runners.portability.fn_api_runner import fn_runner
+  from apache_beam.runners.portability.portable_runner import JobServiceHandle
+  encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+  return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+      beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
+def run(argv: Optional[List[str]] = None, _fail_cell=None) -> Optional[dict]:
+  """Runs the job; returns its summary when the runner finished it (None when it only submitted it)."""
+  args, beam_args = make_parser().parse_known_args(argv)
+  if args.right and args.self_join:
+    raise JobError("--self_join applies only when --right is omitted")
+  inputs = sources.match_files(sources.split_patterns(args.left), "--left")
+  if args.right:
+    inputs += sources.match_files(sources.split_patterns(args.right), "--right")
+  _check_output(args, inputs)
+  options = PipelineOptions(beam_args)
+  runner_name = options.view_as(StandardOptions).runner
+  runner = local_runner(options) if runner_name in _LOCAL_RUNNERS else None
+  pipeline = beam.Pipeline(runner=runner, options=options)
+  build(pipeline, args, _fail_cell)
+  result = pipeline.run()
+  if runner is None and options.view_as(StandardOptions).no_wait_until_finish:
+    _LOG.info("submitted; the job publishes its shards and %s when it ends", sinks.summary_path(args.output))
+    return None
+  state = result.wait_until_finish()
+  if state != beam.runners.runner.PipelineState.DONE:
+    raise RuntimeError(f"pipeline ended in state {state}")
+  with FileSystems.open(sinks.summary_path(args.output)) as f:
+    return json.loads(f.read())
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("beam_job").setLevel(logging.INFO)
+  try:
+    summary = run(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    message = find_job_error(e)
+    if message is None:
+      raise
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+  if summary is not None:
+    print(f"wrote {summary['pairs']:,} pairs in {len(summary['shards'])} shard(s) under {summary['output']}-*")
+    print(json.dumps({k: v for k, v in summary.items() if k != "corrupt"}, indent=2, sort_keys=True))
+  return 0

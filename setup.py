@@ -1,0 +1,24 @@
+"""Installs the job; Dataflow workers install it the same way through ``--setup_file ./setup.py``."""
+
+import setuptools
+
+BEAM_VERSION = "2.77.0"
+
+setuptools.setup(
+    name="beam-pairwise-examples",
+    version="0.1.0",
+    description="Every pairwise combination of two TFRecord datasets of tf.train.Example, as a Beam job.",
+    packages=setuptools.find_packages(include=["beam_job", "beam_job.*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=[
+        f"apache-beam[gcp]=={BEAM_VERSION}",
+        "google-crc32c>=1.5,<2",
+        "protobuf>=6,<7",
+        "tensorflow-metadata==1.21.*",
+        "tensorflow==2.21.*",
+        "tfx-bsl==1.21.*",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100"],
+    },
+)
