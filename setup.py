@@ -9,6 +9,9 @@ setuptools.setup(
     version="0.1.0",
     description="Every pairwise combination of two TFRecord datasets of tf.train.Example, as a Beam job.",
     packages=setuptools.find_packages(include=["beam_job", "beam_job.*"]),
+    # The native frame writer; optional, so an install without a C compiler still works (more slowly).
+    ext_modules=[setuptools.Extension("beam_job._fastframes", ["beam_job/_fastframes.c"], optional=True,
+                                      extra_compile_args=["-O2"])],
     python_requires=">=3.11,<3.12",
     install_requires=[
         f"apache-beam[gcp]=={BEAM_VERSION}",

@@ -191,7 +191,7 @@ class _WriteCellFn(beam.DoFn):
       if self._fail_cell == cell:
         out.write(b"partial")
         raise RuntimeError(f"injected failure in cell {cell}")
-      pairs, size = cells.write_reference(left, right, out, collisions=plan.collisions, **self._merge)
+      pairs, size = cells.write_cell(left, right, out, collisions=plan.collisions, **self._merge)
     self._pairs.inc(pairs)
     self._bytes.inc(size)
     yield {"shard": shard, "temp": path, "pairs": pairs, "record_bytes": size}
