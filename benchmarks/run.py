@@ -1,0 +1,131 @@
+"""Side-by-side benchmark: the nested-loop script, the naive Beam pipeline, this job, and a raw write.
+
+    .venv/bin/python benchmarks/run.py --sizes 1000 3000 [--skip naive] [--workdir /tmp/pairs-bench]
+
+For each size N it writes N left and N right records of about 100 bytes (the same four feature names on both
+sides: an int64 id, 8 floats, a short string, a small int), then times each contender as a whole process,
+with its peak RSS (the largest process of its tree), and prints one table per size and the ratios. At sizes
+up to --check_max pairs it checks that the nested loop and this job wrote the same multiset of Examples.
+"""
+
+import argparse
+import glob
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from beam_job import tfrecord  # pylint: disable=wrong-import-position
+from beam_job.example_proto import Example  # pylint: disable=wrong-import-position
+
+# Runs a command and prints the peak RSS (KiB) of its largest process: RUSAGE_CHILDREN of a fresh wrapper
+# covers only that command's tree.
+_WRAPPER = "import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); " \
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+
+
+def make_input(path: str, count: int, seed: str) -> None:
+  rng = random.Random(seed)
+  with open(path, "wb") as f:
+    for i in range(count):
+      example = Example()
+      feature = example.features.feature
+      feature["id"].int64_list.value.append(i)
+      feature["embedding"].float_list.value.extend(rng.random() for _ in range(8))
+      feature["name"].bytes_list.value.append(f"item-{i:06d}".encode())
+      feature["bucket"].int64_list.value.append(i % 10)
+      f.write(tfrecord.frame(example.SerializeToString()))
+
+
+def timed(command, env=None):
+  start = time.perf_counter()
+  done = subprocess.run([sys.executable, "-c", _WRAPPER, *command], capture_output=True, text=True, env=env,
+                        check=False)
+  wall = time.perf_counter() - start
+  if done.returncode:
+    raise SystemExit(f"{command} failed:\n{done.stderr[-3000:]}")
+  rss_kib = int(done.stderr.strip().splitlines()[-1])
+  return wall, rss_kib * 1024
+
+
+def output_bytes(pattern: str) -> int:
+  return sum(os.path.getsize(p) for p in glob.glob(pattern))
+
+
+def canonical(paths):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.get_logger().setLevel("ERROR")
+  records = []
+  for path in paths:
+    for raw in tf.compat.v1.python_io.tf_record_iterator(path):
+      records.append(tf.train.Example.FromString(raw).SerializeToString(deterministic=True))
+  return sorted(records)
+
+
+def bench(size: int, workdir: str, skip, check_max: int):
+  folder = os.path.join(workdir, f"n{size}")
+  shutil.rmtree(folder, ignore_errors=True)
+  os.makedirs(folder)
+  left, right = os.path.join(folder, "left.tfrecord"), os.path.join(folder, "right.tfrecord")
+  make_input(left, size, "left")
+  make_input(right, size, "right")
+  python = sys.executable
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  rows = {}
+  if "nested" not in skip:
+    out = os.path.join(folder, "nested.tfrecord")
+    rows["nested loop (tf_record_iterator)"] = timed(
+        [python, os.path.join(HERE, "nested_loop.py"), left, right, out], env) + (output_bytes(out),)
+  if "naive" not in skip:
+    out = os.path.join(folder, "naive", "pairs")
+    rows["naive Beam (AsList + FlatMap)"] = timed(
+        [python, os.path.join(HERE, "naive_beam.py"), left, right, out], env) + (output_bytes(out + "*"),)
+  out = os.path.join(folder, "job", "pairs")
+  rows["this job (python -m beam_job)"] = timed(
+      [python, "-m", "beam_job", "--left", left, "--right", right, "--output", out, "--collision", "prefix"],
+      env) + (output_bytes(out + "-*.tfrecord"),)
+  job_bytes = rows["this job (python -m beam_job)"][2]
+  raw = os.path.join(folder, "raw.bin")
+  rows["raw write (dd from memory)"] = timed(
+      ["dd", "if=/dev/zero", f"of={raw}", "bs=1M", f"count={max(1, job_bytes >> 20)}", "status=none"]) + (
+          max(1, job_bytes >> 20) << 20,)
+  pairs = size * size
+  print(f"\n{size} x {size} = {pairs:,} pairs, {job_bytes / 1e6:,.0f} MB")
+  print(f"{'contender':36} {'wall s':>8} {'pairs/s':>12} {'MB/s':>8} {'peak RSS MB':>12}")
+  for name, (wall, rss, nbytes) in rows.items():
+    rate = f"{pairs / wall:12,.0f}" if not name.startswith("raw") else f"{'':12}"
+    print(f"{name:36} {wall:8.2f} {rate} {nbytes / 1e6 / wall:8.0f} {rss / 1e6:12.0f}")
+  job_wall = rows["this job (python -m beam_job)"][0]
+  for name, (wall, _, _) in rows.items():
+    if not name.startswith("this job") and not name.startswith("raw"):
+      print(f"this job is {wall / job_wall:.1f}x faster than {name}")
+  print(f"raw write time / job time = {rows['raw write (dd from memory)'][0] / job_wall:.2f}")
+  if "nested" not in skip and pairs <= check_max:
+    same = canonical([os.path.join(folder, "nested.tfrecord")]) == canonical(
+        sorted(glob.glob(out + "-*.tfrecord")))
+    print(f"nested loop and this job wrote the same multiset of Examples: {same}")
+    if not same:
+      raise SystemExit("outputs differ")
+  shutil.rmtree(folder, ignore_errors=True)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--sizes", type=int, nargs="+", default=[1000])
+  parser.add_argument("--workdir", default="/tmp/pairs-bench")
+  parser.add_argument("--skip", nargs="*", default=[], choices=["nested", "naive"])
+  parser.add_argument("--check_max", type=int, default=1_000_000)
+  args = parser.parse_args()
+  for size in args.sizes:
+    bench(size, args.workdir, set(args.skip), args.check_max)
+
+
+if __name__ == "__main__":
+  main()
