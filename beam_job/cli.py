@@ -10,6 +10,7 @@ import fnmatch
 import json
 import logging
 import sys
+import uuid
 from typing import List, Optional
 
 import apache_beam as beam
@@ -78,6 +79,7 @@ def _check_output(args, inputs: List[str]) -> None:
       raise JobError(f"--output {args.output!r} falls inside input pattern {pattern!r}; choose another prefix")
   if any(path.startswith(args.output + "-") for path in inputs):
     raise JobError(f"--output {args.output!r} is the prefix of input files; choose another prefix")
+  sinks.check_writable(args.output, uuid.uuid4().hex[:12])
   existing = sinks.existing_outputs(args.output)
   if existing and not args.overwrite:
     raise JobError(f"output prefix {args.output!r} already holds {len(existing)} file(s) of an earlier run "

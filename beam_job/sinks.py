@@ -8,7 +8,6 @@ summary is written last, so a reader that sees the summary sees the whole output
 
 import contextlib
 import gzip
-import json
 from typing import BinaryIO, Iterator, List
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -23,6 +22,10 @@ def summary_path(output: str) -> str:
   return f"{output}-summary.json"
 
 
+def dead_letter_path(output: str) -> str:
+  return f"{output}-corrupt.jsonl"
+
+
 def temp_dir(output: str, token: str) -> str:
   return f"{output}-temp-{token}"
 
@@ -34,7 +37,7 @@ def final_shard_pattern(output: str) -> str:
 def existing_outputs(output: str) -> List[str]:
   """Final shards and summary of an earlier run under the same prefix (temporary files do not count)."""
   found = []
-  for pattern in (final_shard_pattern(output), summary_path(output)):
+  for pattern in (final_shard_pattern(output), summary_path(output), dead_letter_path(output)):
     try:
       found.extend(meta.path for meta in FileSystems.match([pattern])[0].metadata_list)
     except Exception:  # a missing folder matches nothing
@@ -78,10 +81,21 @@ def publish(moves: List[tuple], output: str, overwrite: bool) -> None:
   FileSystems.rename([src for src, _ in pending], [dst for _, dst in pending])
 
 
-def write_json(path: str, value: dict, staging: str) -> None:
-  """Writes ``value`` to ``staging`` and renames it to ``path``: readers never see half a file."""
-  with FileSystems.create(staging, mime_type="application/json", compression_type=_RAW) as f:
-    f.write(json.dumps(value, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+def check_writable(output: str, token: str) -> None:
+  """Writes and removes a small file under the prefix, so a bad output location fails before any reading."""
+  probe = f"{output}-temp-{token}-probe"
+  try:
+    with FileSystems.create(probe, compression_type=_RAW) as f:
+      f.write(b"probe")
+    FileSystems.delete([probe])
+  except Exception as e:  # pylint: disable=broad-except
+    raise JobError(f"cannot write under --output {output!r}: {str(e).splitlines()[0]}") from None
+
+
+def write_text(path: str, text: str, staging: str) -> None:
+  """Writes ``text`` to ``staging`` and renames it to ``path``: readers never see half a file."""
+  with FileSystems.create(staging, mime_type="text/plain", compression_type=_RAW) as f:
+    f.write(text.encode("utf-8"))
   if FileSystems.exists(path):
     FileSystems.delete([path])
   FileSystems.rename([staging], [path])

@@ -5,6 +5,7 @@ two such PCollections (a PCollection of your own works too: ``source`` is any st
 records, ``index`` their position in it) and writes every pair's merged Example as sharded TFRecords.
 """
 
+import json
 import logging
 import uuid
 from typing import NamedTuple, Optional
@@ -238,7 +239,13 @@ class _FinalizeFn(beam.DoFn):
         "collisions": list(plan.collisions),
         "options": self._options,
     }
-    sinks.write_json(sinks.summary_path(self._output), summary, f"{folder}/summary.json")
+    if corrupt:  # the dead-letter list, one JSON object per line, before the summary that announces it
+      sinks.write_text(sinks.dead_letter_path(self._output),
+                       "".join(json.dumps(c, sort_keys=True) + "\n" for c in summary["corrupt"]),
+                       f"{folder}/corrupt.jsonl")
+      summary["dead_letter"] = sinks.dead_letter_path(self._output)
+    sinks.write_text(sinks.summary_path(self._output), json.dumps(summary, indent=2, sort_keys=True) + "\n",
+                     f"{folder}/summary.json")
     sinks.remove_dir(folder)
     yield summary
 

@@ -1,0 +1,239 @@
+"""beam_job.planning: pair counts, the plan's cells, its checks and messages, ordinals and shard names."""
+
+import itertools
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from beam_job import planning
+from beam_job.errors import JobError
+from beam_job.planning import Plan, SideStats, cell_pairs, make_plan, shard_name, total_pairs
+
+MODES = [None, "product", "combinations", "combinations_with_replacement"]
+
+
+def keep(l, r, mode):
+  if mode == "combinations":
+    return r > l
+  if mode == "combinations_with_replacement":
+    return r >= l
+  return True
+
+
+def brute_pairs(rows, cols, mode):
+  return sum(keep(l, r, mode) for l in range(*rows) for r in range(*cols))
+
+
+def stats(count, payload_bytes=None, keys=(), sources=None):
+  if sources is None:
+    sources = {"s": count}
+  return SideStats(good=dict(sources), bad={}, payload_bytes=10 * count if payload_bytes is None else payload_bytes,
+                   keys=frozenset(keys))
+
+
+def plan(left, right, **options):
+  defaults = dict(strategy="grid", self_join=None, collision="error", prefixes=("", ""), max_pairs=10 ** 12,
+                  target_shard_bytes=1 << 20)
+  defaults.update(options)
+  return make_plan(left, right, **defaults)
+
+
+# --- cell_pairs and total_pairs ----------------------------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, 25), st.integers(0, 25), st.integers(0, 25), st.integers(0, 25), st.sampled_from(MODES))
+def test_cell_pairs_matches_brute_force(a, b, c, d, mode):
+  assert cell_pairs((a, b), (c, d), mode) == brute_pairs((a, b), (c, d), mode)
+
+
+def test_cell_pairs_examples():
+  assert cell_pairs((0, 4), (0, 4), None) == 16
+  assert cell_pairs((0, 4), (0, 4), "product") == 16
+  assert cell_pairs((0, 4), (0, 4), "combinations") == 6
+  assert cell_pairs((0, 4), (0, 4), "combinations_with_replacement") == 10
+  assert cell_pairs((2, 4), (0, 2), "combinations") == 0  # below the diagonal
+  assert cell_pairs((0, 2), (2, 4), "combinations") == 4  # above the diagonal: every pair
+  assert cell_pairs((3, 3), (0, 9), None) == 0
+  assert cell_pairs((5, 3), (0, 9), None) == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 30), st.integers(0, 30), st.sampled_from(MODES))
+def test_total_pairs(n, m, mode):
+  if mode in ("combinations", "combinations_with_replacement"):
+    expected = sum(1 for _ in getattr(itertools, mode)(range(n), 2))
+    assert total_pairs(n, n, mode) == expected
+    assert total_pairs(n, n, mode) == cell_pairs((0, n), (0, n), mode)
+  else:
+    assert total_pairs(n, m, mode) == n * m == cell_pairs((0, n), (0, m), mode)
+
+
+# --- make_plan: the cells cover every pair exactly once ------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 25), st.integers(0, 25), st.sampled_from(MODES[1:]), st.sampled_from(["broadcast", "grid"]),
+       st.integers(1, 5000), st.integers(0, 400), st.integers(0, 400))
+def test_cells_cover_every_pair_once(n, m, mode, strategy, target, left_bytes, right_bytes):
+  self_join = None if mode == "product" and n != m else mode
+  if self_join in ("combinations", "combinations_with_replacement"):
+    m, right_bytes = n, left_bytes  # a self join pairs a side with itself
+  p = plan(stats(n, left_bytes), stats(m, right_bytes), strategy=strategy, self_join=self_join,
+           target_shard_bytes=target)
+  assert p.strategy == strategy
+  assert p.pairs == total_pairs(n, m, self_join)
+  assert sum(count for _, _, count in p.cells) == p.pairs
+  # Every kept pair falls into a listed cell, and each cell lists exactly its pairs.
+  expected = Counter((l // p.row_chunk, r // p.col_chunk) for l in range(n) for r in range(m)
+                     if keep(l, r, self_join))
+  assert {(row, col): count for row, col, count in p.cells} == dict(expected)
+  assert len(p.cells) == len(expected)
+  # Cells are in row-major order and each has pairs.
+  assert [(row, col) for row, col, _ in p.cells] == sorted(expected)
+  assert all(count > 0 for _, _, count in p.cells)
+  assert p.cell_shards == {(row, col): i for i, (row, col, _) in enumerate(p.cells)}
+  assert p.shard_count == max(1, len(p.cells))
+  assert p.row_chunk >= 1 and p.col_chunk >= 1
+  if n:
+    assert p.rows == -(-n // p.row_chunk)
+    assert max(row for row, _, _ in p.cells or [(0, 0, 0)]) < p.rows
+  if strategy == "broadcast":
+    assert p.col_chunk == max(m, 1)  # one column: the whole right side on every worker
+  else:
+    pair_bytes = left_bytes / max(n, 1) + right_bytes / max(m, 1) + planning.PAIR_OVERHEAD_BYTES
+    per_cell = max(1, int(target // pair_bytes))
+    assert all(count <= per_cell for _, _, count in p.cells)
+    if self_join in ("combinations", "combinations_with_replacement"):
+      assert p.row_chunk == p.col_chunk
+
+
+def test_many_cells_when_shards_are_small():
+  p = plan(stats(100, 1000), stats(50, 500), strategy="grid", target_shard_bytes=40 * 30)
+  # pair_bytes = 10 + 10 + 20 = 40, so 30 pairs per cell: 5 x 6 chunks
+  assert (p.row_chunk, p.col_chunk) == (5, 6)
+  assert len(p.cells) == 20 * 9
+  assert sum(c for _, _, c in p.cells) == 5000 == p.pairs
+  assert p.estimated_bytes == 5000 * 40
+
+
+def test_broadcast_rows():
+  p = plan(stats(100, 1000), stats(50, 500), strategy="broadcast", target_shard_bytes=40 * 120)
+  assert (p.row_chunk, p.col_chunk) == (2, 50)
+  assert [c for _, _, c in p.cells] == [100] * 50
+
+
+def test_auto_strategy_picks_by_right_size():
+  small = plan(stats(3), stats(3, planning.BROADCAST_MAX_BYTES), strategy="auto")
+  big = plan(stats(3), stats(3, planning.BROADCAST_MAX_BYTES + 1), strategy="auto")
+  assert small.strategy == "broadcast"
+  assert big.strategy == "grid"
+
+
+def test_empty_sides_give_no_cells():
+  for n, m in ((0, 0), (0, 5), (5, 0)):
+    p = plan(stats(n), stats(m))
+    assert p.cells == () and p.pairs == 0 and p.shard_count == 1
+
+
+# --- make_plan: refusals -----------------------------------------------------------------------------------
+
+
+def test_max_pairs_refusal():
+  with pytest.raises(JobError) as info:
+    plan(stats(1500), stats(1000), max_pairs=1_499_999)
+  message = str(info.value)
+  assert "1,500,000 pairs" in message
+  assert "1,500 x 1,000 records" in message
+  assert "--max_pairs 1,499,999" in message
+  assert plan(stats(1500), stats(1000), max_pairs=1_500_000).pairs == 1_500_000  # the limit itself is allowed
+
+
+def test_max_pairs_counts_the_self_join():
+  with pytest.raises(JobError, match=r"would write 45 pairs .*--max_pairs 44"):
+    plan(stats(10), stats(10), self_join="combinations", max_pairs=44)
+  assert plan(stats(10), stats(10), self_join="combinations", max_pairs=45).pairs == 45
+
+
+def test_max_pairs_checked_before_collisions():
+  with pytest.raises(JobError, match="--max_pairs"):
+    plan(stats(10, keys={"a"}), stats(10, keys={"a"}), max_pairs=1)
+
+
+def test_collision_error_names_the_features():
+  with pytest.raises(JobError) as info:
+    plan(stats(2, keys={"b", "a", "only_left"}), stats(2, keys={"a", "b", "only_right"}))
+  assert str(info.value) == ("2 feature name(s) exist on both sides: 'a', 'b'; choose how to merge them with "
+                             "--collision prefix|left|right")
+
+
+def test_collision_error_shows_ten_names():
+  keys = {f"f{i:02d}" for i in range(12)}
+  with pytest.raises(JobError) as info:
+    plan(stats(1, keys=keys), stats(1, keys=keys))
+  message = str(info.value)
+  assert message.startswith("12 feature name(s) exist on both sides: 'f00', 'f01', ")
+  assert "'f09' ...; choose" in message and "'f10'" not in message
+  assert "--collision" in message
+
+
+def test_prefix_still_colliding():
+  with pytest.raises(JobError) as info:
+    plan(stats(1, keys={"x_a"}), stats(1, keys={"x_a"}), collision="prefix", prefixes=("x_", "x_"))
+  assert str(info.value) == ("feature name(s) still collide after renaming with --left_prefix 'x_' and "
+                             "--right_prefix 'x_': 'x_a'; choose other prefixes")
+
+
+@pytest.mark.parametrize("policy", ["left", "right"])
+def test_left_right_policies_keep_collisions(policy):
+  p = plan(stats(1, keys={"c", "a", "l"}), stats(1, keys={"a", "c", "r"}), collision=policy)
+  assert p.collisions == ("a", "c")
+
+
+def test_no_collision_is_fine_under_every_policy():
+  for policy in ("error", "prefix", "left", "right"):
+    assert plan(stats(1, keys={"a"}), stats(1, keys={"b"}), collision=policy).collisions == ()
+
+
+# --- ordinals and shard names ------------------------------------------------------------------------------
+
+
+def test_ordinal_orders_sources_by_path_and_skips_corrupt():
+  left = SideStats(good={"gs://b/2.tfrecord": 3, "gs://b/10.tfrecord": 5, "gs://a/z.tfrecord": 2},
+                   bad={"gs://b/10.tfrecord": (1, 4)}, payload_bytes=100, keys=frozenset())
+  p = plan(left, stats(1))
+  assert p.offsets[0] == {"gs://a/z.tfrecord": 0, "gs://b/10.tfrecord": 2, "gs://b/2.tfrecord": 7}
+  assert [p.ordinal(0, "gs://a/z.tfrecord", i) for i in (0, 1)] == [0, 1]
+  # gs://b/10 has 7 frames, 1 and 4 corrupt: the good ones are 0, 2, 3, 5, 6
+  assert [p.ordinal(0, "gs://b/10.tfrecord", i) for i in (0, 2, 3, 5, 6)] == [2, 3, 4, 5, 6]
+  assert [p.ordinal(0, "gs://b/2.tfrecord", i) for i in (0, 1, 2)] == [7, 8, 9]
+  assert p.left_count == 10
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text("abc/", min_size=1, max_size=4),
+                       st.lists(st.booleans(), max_size=8), max_size=4))
+def test_ordinals_are_a_dense_numbering(files):
+  # files: source -> corrupt flag per frame
+  good = {s: flags.count(False) for s, flags in files.items()}
+  bad = {s: tuple(i for i, f in enumerate(flags) if f) for s, flags in files.items() if any(flags)}
+  side = SideStats(good=good, bad=bad, payload_bytes=0, keys=frozenset())
+  p = plan(side, stats(1))
+  ordinals = [p.ordinal(0, s, i) for s in sorted(files) for i, f in enumerate(files[s]) if not f]
+  assert ordinals == list(range(sum(good.values())))
+
+
+def test_chunk():
+  p = plan(stats(100, 1000), stats(50, 500), strategy="grid", target_shard_bytes=40 * 30)
+  assert (p.chunk(0, 0), p.chunk(0, 4), p.chunk(0, 5), p.chunk(1, 5), p.chunk(1, 6)) == (0, 0, 1, 0, 1)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("out/pairs", 0, 1, "uncompressed"), "out/pairs-00000-of-00001.tfrecord"),
+    (("gs://b/p", 7, 12, "gzip"), "gs://b/p-00007-of-00012.tfrecord.gz"),
+    (("p", 12345, 99999, "uncompressed"), "p-12345-of-99999.tfrecord"),
+    (("p", 3, 123456, "gzip"), "p-00003-of-123456.tfrecord.gz"),
+])
+def test_shard_name(args, expected):
+  assert shard_name(*args) == expected
