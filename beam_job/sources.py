@@ -5,6 +5,7 @@ vanish silently; Python's ``gzip`` and ``zlib`` modules check that the stream re
 opened raw through Beam's ``FileSystems`` and decompressed here.
 """
 
+import contextlib
 import gzip
 import zlib
 from typing import BinaryIO, Iterator, List, Sequence
@@ -52,7 +53,7 @@ class _ZlibReader:
   def __init__(self, raw: BinaryIO):
     self._raw = raw
     self._inflate = zlib.decompressobj()
-    self._buffer = b""
+    self._buffer = bytearray()
 
   def read(self, size: int) -> bytes:
     while len(self._buffer) < size and not self._inflate.eof:
@@ -60,40 +61,54 @@ class _ZlibReader:
       if not chunk:
         raise EOFError("zlib stream ended before its end marker")
       self._buffer += self._inflate.decompress(chunk)
-    out, self._buffer = self._buffer[:size], self._buffer[size:]
+    out = bytes(self._buffer[:size])
+    del self._buffer[:size]
     return out
 
   def close(self):
     self._raw.close()
 
-  def __enter__(self):
-    return self
 
-  def __exit__(self, *exc_info):
-    self.close()
+class _Counting:
+  """Counts the bytes read through it: the offset where the next frame starts."""
+
+  def __init__(self, stream: BinaryIO):
+    self._stream = stream
+    self.count = 0
+
+  def read(self, size: int) -> bytes:
+    data = self._stream.read(size)
+    self.count += len(data)
+    return data
 
 
-def open_input(path: str, compression: str) -> BinaryIO:
-  raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+def open_input(path: str, compression: str, stack: contextlib.ExitStack) -> BinaryIO:
+  """Opens ``path`` for reading, decompressed; ``stack`` closes every layer."""
+  raw = stack.enter_context(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
   kind = detect_compression(path, compression)
   if kind == "gzip":
-    return gzip.GzipFile(fileobj=raw, mode="rb")
+    return stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
   if kind == "zlib":
-    return _ZlibReader(raw)
+    return stack.enter_context(contextlib.closing(_ZlibReader(raw)))
   return raw
 
 
 def read_file(path: str, compression: str) -> Iterator[tfrecord.Record]:
-  """The frames of one file; a decompression failure becomes a last corrupt record that loses the rest."""
+  """The frames of one file; a decompression failure becomes a last corrupt record that loses the rest.
+
+  I/O errors other than bad compressed data propagate, so that the runner retries the read.
+  """
   kind = detect_compression(path, compression)
   index, offset = 0, 0
   try:
-    with open_input(path, compression) as stream:
+    with contextlib.ExitStack() as stack:
+      stream = _Counting(open_input(path, compression, stack))
+      if kind != "uncompressed" and FileSystems.match([path])[0].metadata_list[0].size_in_bytes == 0:
+        raise EOFError("the file is empty, not even a stream header")
       for record in tfrecord.read_frames(stream):
         if record.index == 0 and record.rest_lost and kind == "uncompressed":
           record = record._replace(problem=record.problem + " (if the file is compressed, set --compression)")
         yield record
-        index = record.index + 1
-        offset = record.offset + tfrecord.HEADER_BYTES + len(record.payload or b"") + tfrecord.FOOTER_BYTES
-  except (EOFError, OSError, zlib.error) as e:
+        index, offset = record.index + 1, stream.count  # the frame was read to its end
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
     yield tfrecord.Record(index, offset, None, f"cannot decompress {kind} data: {e}", True)

@@ -1,0 +1,272 @@
+"""beam_job.sources: strict decompression, compression detection and file matching."""
+
+import gzip
+import zlib
+
+import pytest
+
+from beam_job import sources, tfrecord
+from beam_job.errors import JobError
+from beam_job.tfrecord import Record
+from tests.helpers import make_example, read_tfrecords, write_tfrecord
+
+PAYLOADS = [make_example({"i": [i], "s": [b"x" * i]}) for i in range(5)]
+
+
+def offsets(payloads):
+  out, offset = [], 0
+  for p in payloads:
+    out.append(offset)
+    offset += 16 + len(p)
+  return out
+
+
+def good_records(payloads):
+  return [Record(i, o, p) for i, (p, o) in enumerate(zip(payloads, offsets(payloads)))]
+
+
+# --- reading TensorFlow's files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, name", [("gzip", "d.tfrecord.gz"), ("zlib", "d.tfrecord.zlib"),
+                                        (None, "d.tfrecord")])
+def test_read_file_of_tensorflow_writer(tmp_path, kind, name):
+  path = write_tfrecord(tmp_path / name, PAYLOADS, kind)
+  expected = good_records(PAYLOADS)
+  assert list(sources.read_file(path, "auto")) == expected
+  assert list(sources.read_file(path, kind or "uncompressed")) == expected
+  assert read_tfrecords(path, kind) == PAYLOADS
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zlib"])
+def test_read_file_explicit_compression_ignores_extension(tmp_path, kind):
+  path = write_tfrecord(tmp_path / "no_extension", PAYLOADS, kind)
+  assert list(sources.read_file(path, kind)) == good_records(PAYLOADS)
+
+
+@pytest.mark.parametrize("kind, ext", [("gzip", ".gz"), ("zlib", ".zlib")])
+def test_read_empty_tensorflow_file(tmp_path, kind, ext):
+  path = write_tfrecord(tmp_path / ("empty.tfrecord" + ext), [], kind)
+  assert list(sources.read_file(path, "auto")) == []
+
+
+def test_read_file_large_records_gzip(tmp_path):
+  payloads = [make_example({"blob": [bytes([i]) * (3 << 20)]}) for i in range(3)]
+  path = write_tfrecord(tmp_path / "big.tfrecord.gz", payloads, "gzip")
+  assert [r.payload for r in sources.read_file(path, "auto")] == payloads
+
+
+def test_concatenated_gzip_members_are_all_read(tmp_path):
+  a = (tmp_path / "a.gz")
+  b = (tmp_path / "b.gz")
+  write_tfrecord(a, PAYLOADS[:2], "gzip")
+  write_tfrecord(b, PAYLOADS[2:], "gzip")
+  both = tmp_path / "both.tfrecord.gz"
+  both.write_bytes(a.read_bytes() + b.read_bytes())
+  assert list(sources.read_file(str(both), "auto")) == good_records(PAYLOADS)
+  assert read_tfrecords(both, "gzip") == PAYLOADS
+
+
+def test_garbage_after_gzip_stream_is_a_problem(tmp_path):
+  path = tmp_path / "junk.tfrecord.gz"
+  write_tfrecord(path, PAYLOADS, "gzip")
+  path.write_bytes(path.read_bytes() + b"GARBAGE!")
+  records = list(sources.read_file(str(path), "auto"))
+  assert records[:-1] == good_records(PAYLOADS)
+  last = records[-1]
+  assert (last.index, last.offset, last.payload, last.rest_lost) == \
+      (5, sum(16 + len(p) for p in PAYLOADS), None, True)
+  assert last.problem.startswith("cannot decompress gzip data: ")
+
+
+# --- cut-off compressed files ------------------------------------------------------------------------------
+
+
+def check_cut(records, expected_count, cut):
+  good = [r for r in records if r.payload is not None]
+  bad = [r for r in records if r.payload is None]
+  # The good records that came out are the file's first ones, unchanged.
+  assert good == good_records(PAYLOADS)[:len(good)], cut
+  if len(good) < expected_count:
+    # never silently fewer records: exactly one last record says the rest is lost
+    assert len(bad) == 1, (cut, records)
+    assert records[-1] is bad[0] and bad[0].rest_lost, (cut, records)
+    assert bad[0].index == len(good), (cut, records)
+    assert bad[0].offset == offsets(PAYLOADS + [b""])[len(good)], (cut, records)
+  else:
+    assert len(good) == expected_count
+
+
+@pytest.mark.parametrize("kind, ext", [("gzip", ".gz"), ("zlib", ".zlib")])
+def test_cut_compressed_file_never_loses_records_silently(tmp_path, kind, ext):
+  full = write_tfrecord(tmp_path / ("full.tfrecord" + ext), PAYLOADS, kind)
+  with open(full, "rb") as f:
+    data = f.read()
+  cut_path = tmp_path / ("cut.tfrecord" + ext)
+  for cut in range(1, len(data)):
+    cut_path.write_bytes(data[:cut])
+    records = list(sources.read_file(str(cut_path), "auto"))
+    check_cut(records, len(PAYLOADS), cut)
+    # a cut-off stream always ends in a problem, even when it had every record already
+    assert records and records[-1].payload is None and records[-1].rest_lost, cut
+    assert records[-1].problem.startswith(f"cannot decompress {kind} data: "), cut
+  cut_path.write_bytes(data)
+  assert list(sources.read_file(str(cut_path), "auto")) == good_records(PAYLOADS)
+
+
+def test_cut_zlib_file_at_zero_bytes(tmp_path):
+  path = tmp_path / "empty.tfrecord.zlib"
+  path.write_bytes(b"")
+  assert list(sources.read_file(str(path), "auto")) == [
+      Record(0, 0, None, "cannot decompress zlib data: the file is empty, not even a stream header", True)]
+
+
+def test_cut_gzip_file_at_zero_bytes(tmp_path):
+  path = tmp_path / "empty.tfrecord.gz"
+  path.write_bytes(b"")
+  records = list(sources.read_file(str(path), "auto"))
+  assert len(records) == 1 and records[0].payload is None and records[0].rest_lost
+
+
+def test_offset_of_decompression_error_after_a_bad_data_crc_record(tmp_path):
+  # Frame 0 good, frame 1 has a bad data CRC (its length is fine), then the gzip stream is cut in its trailer.
+  # The problem record for the cut must be record 2 at the byte where frame 2 would start.
+  frame0 = tfrecord.frame(b"abc")
+  frame1 = bytearray(tfrecord.frame(b"defgh"))
+  frame1[12] ^= 0x01
+  raw = frame0 + bytes(frame1)
+  compressed = gzip.compress(raw, mtime=0)
+  path = tmp_path / "bad.tfrecord.gz"
+  path.write_bytes(compressed[:-4])  # the ISIZE field of the trailer is missing
+  records = list(sources.read_file(str(path), "auto"))
+  assert records[:2] == [Record(0, 0, b"abc"), Record(1, 19, None, "bad data CRC", False)]
+  assert len(records) == 3
+  assert (records[2].index, records[2].payload, records[2].rest_lost) == (2, None, True)
+  assert records[2].offset == len(raw) == 40  # the byte after frame 1, which is 16 + 5 bytes long
+
+
+# --- wrong compression -------------------------------------------------------------------------------------
+
+
+def test_gzip_read_as_uncompressed_suggests_compression_flag(tmp_path):
+  path = write_tfrecord(tmp_path / "data.tfrecord.gz", PAYLOADS, "gzip")
+  assert list(sources.read_file(path, "uncompressed")) == [
+      Record(0, 0, None, "bad length CRC (if the file is compressed, set --compression)", True)]
+
+
+def test_zlib_read_as_uncompressed_suggests_compression_flag(tmp_path):
+  path = write_tfrecord(tmp_path / "data.tfrecord", PAYLOADS, "zlib")
+  records = list(sources.read_file(path, "auto"))
+  assert len(records) == 1
+  assert records[0].payload is None and records[0].rest_lost
+  assert "--compression" in records[0].problem
+
+
+def test_hint_only_for_the_first_record(tmp_path):
+  path = tmp_path / "plain.tfrecord"
+  data = tfrecord.frame(b"ok") + b"\x01\x02\x03"
+  path.write_bytes(data)
+  assert list(sources.read_file(str(path), "auto")) == [
+      Record(0, 0, b"ok"), Record(1, 18, None, "truncated header (3 of 12 bytes)", True)]
+
+
+def test_uncompressed_read_as_gzip(tmp_path):
+  path = tmp_path / "plain.gz"
+  path.write_bytes(tfrecord.frame(b"ok"))
+  (record,) = sources.read_file(str(path), "auto")
+  assert (record.index, record.offset, record.payload, record.rest_lost) == (0, 0, None, True)
+  assert record.problem.startswith("cannot decompress gzip data: Not a gzipped file")
+
+
+def test_gzip_read_as_zlib(tmp_path):
+  path = write_tfrecord(tmp_path / "data.tfrecord.gz", PAYLOADS, "gzip")
+  (record,) = sources.read_file(path, "zlib")
+  assert (record.index, record.offset, record.payload, record.rest_lost) == (0, 0, None, True)
+  assert record.problem.startswith("cannot decompress zlib data: ")
+
+
+def test_corrupt_deflate_data_is_a_problem(tmp_path):
+  path = tmp_path / "flip.tfrecord.zlib"
+  data = bytearray(zlib.compress(b"".join(tfrecord.frame(p) for p in PAYLOADS)))
+  data[-2] ^= 0xFF  # inside the Adler-32 checksum
+  path.write_bytes(bytes(data))
+  records = list(sources.read_file(str(path), "auto"))
+  assert records[:-1] == good_records(PAYLOADS)[:len(records) - 1]
+  assert records[-1].payload is None and records[-1].rest_lost
+  assert records[-1].problem.startswith("cannot decompress zlib data: ")
+
+
+# --- detect_compression and match_files --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, flag, expected", [
+    ("a.tfrecord.gz", "auto", "gzip"),
+    ("a.gzip", "auto", "gzip"),
+    ("gs://b/a.zlib", "auto", "zlib"),
+    ("a.deflate", "auto", "zlib"),
+    ("a.tfrecord", "auto", "uncompressed"),
+    ("a.gz.tfrecord", "auto", "uncompressed"),
+    ("a.GZ", "auto", "uncompressed"),
+    ("a", "auto", "uncompressed"),
+    ("a.tfrecord.gz", "uncompressed", "uncompressed"),
+    ("a.tfrecord", "gzip", "gzip"),
+    ("a.tfrecord.gz", "zlib", "zlib"),
+])
+def test_detect_compression(path, flag, expected):
+  assert sources.detect_compression(path, flag) == expected
+
+
+def test_split_patterns():
+  assert sources.split_patterns(" a*, ,b ,") == ["a*", "b"]
+  assert sources.split_patterns("") == []
+
+
+def test_match_files_sorted_and_unique(tmp_path):
+  for name in ("b.tfrecord", "a.tfrecord", "c.txt"):
+    (tmp_path / name).write_bytes(b"")
+  found = sources.match_files([str(tmp_path / "*.tfrecord"), str(tmp_path / "a.*")], "--left")
+  assert found == [str(tmp_path / "a.tfrecord"), str(tmp_path / "b.tfrecord")]
+
+
+@pytest.mark.parametrize("name", ["nothing*.tfrecord", "missing.tfrecord", "no_dir/x.tfrecord"])
+def test_match_files_no_match_names_the_pattern(tmp_path, name):
+  (tmp_path / "a.tfrecord").write_bytes(b"")
+  pattern = str(tmp_path / name)
+  with pytest.raises(JobError) as info:
+    sources.match_files([str(tmp_path / "a.tfrecord"), pattern], "--right")
+  assert str(info.value) == f"--right pattern {pattern!r} matches no file"
+
+
+# --- resources and cost ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, kind", [("a.tfrecord.gz", "gzip"), ("a.tfrecord.zlib", "zlib"),
+                                        ("a.tfrecord", None)])
+def test_read_file_closes_the_underlying_file(tmp_path, monkeypatch, name, kind):
+  path = write_tfrecord(tmp_path / name, PAYLOADS, kind)
+  opened = []
+  real_open = sources.FileSystems.open
+
+  def spy(*args, **kwargs):
+    f = real_open(*args, **kwargs)
+    opened.append(f)
+    return f
+
+  monkeypatch.setattr(sources.FileSystems, "open", spy)
+  assert list(sources.read_file(path, "auto")) == good_records(PAYLOADS)
+  assert len(opened) == 1
+  assert opened[0].closed  # gzip.GzipFile(fileobj=raw).close() does not close ``raw``
+
+
+def test_zlib_file_of_many_small_records_reads_every_record(tmp_path):
+  # Many small records in one compressed chunk: the reader hands them out one by one from its buffer.
+  payloads = [b"%05d" % i * 10 for i in range(60_000)]
+  zpath = tmp_path / "many.tfrecord.zlib"
+  zpath.write_bytes(zlib.compress(b"".join(tfrecord.frame(p) for p in payloads)))
+  assert [r.payload for r in sources.read_file(str(zpath), "auto")] == payloads
+
+
+def test_io_error_is_not_reported_as_corrupt_data(tmp_path):
+  missing = str(tmp_path / "vanished.tfrecord")
+  with pytest.raises(OSError):
+    list(sources.read_file(missing, "auto"))
