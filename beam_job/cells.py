@@ -8,7 +8,7 @@ its records and the options.
 import bisect
 from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
-from beam_job import examples, tfrecord
+from beam_job import examples, sampling, tfrecord
 
 try:  # built by setup.py; without it every cell takes the reference path
   from beam_job import _fastframes
@@ -21,12 +21,27 @@ Side = Sequence[Tuple[int, examples.Prepared]]
 _MIN_STEP = {"combinations": 1, "combinations_with_replacement": 0}
 
 
+def _columns(ordinal: int, right_ordinals: List[int], step: Optional[int], sample) -> Iterator[int]:
+  """Positions in the right chunk paired with left ``ordinal``: a suffix, or the sampled ones."""
+  start = 0 if step is None else bisect.bisect_left(right_ordinals, ordinal + step)
+  if sample is None or not right_ordinals:
+    yield from range(start, len(right_ordinals))
+    return
+  rate, seed = sample
+  first = right_ordinals[start] if start < len(right_ordinals) else right_ordinals[-1] + 1
+  for column in sampling.kept_columns(seed, rate, ordinal, first, right_ordinals[-1] + 1):
+    j = bisect.bisect_left(right_ordinals, column)
+    if right_ordinals[j] == column:  # ordinals of a chunk are contiguous, unless a caller's are not
+      yield j
+
+
 def pair_examples(left: Side, right: Side, self_join: Optional[str] = None, collision: str = "error",
-                  collisions: Sequence[str] = ()) -> Iterator[bytes]:
+                  collisions: Sequence[str] = (), sample: Optional[Tuple[float, int]] = None) -> Iterator[bytes]:
   """Yields the serialized merged Example of every kept pair of the cell, row-major.
 
   With ``collision`` ``left`` (or ``right``) the other side's entries are dropped only where the winning
-  record has a feature of that name, so no output record ever holds a name twice.
+  record has a feature of that name, so no output record ever holds a name twice. ``sample`` is
+  ``(rate, seed)`` of ``--sample_rate``: only the pairs ``sampling.kept_columns`` names are produced.
   """
   step = _MIN_STEP.get(self_join)
   right_ordinals = [ordinal for ordinal, _ in right]
@@ -42,9 +57,8 @@ def pair_examples(left: Side, right: Side, self_join: Optional[str] = None, coll
     return losers[key]
 
   for i, (ordinal, left_record) in enumerate(left):
-    start = 0 if step is None else bisect.bisect_left(right_ordinals, ordinal + step)
     left_names = collide.intersection(left_record.keys) if collision == "left" else frozenset()
-    for j in range(start, len(right)):
+    for j in _columns(ordinal, right_ordinals, step, sample):
       right_record = right[j][1]
       if collision == "right":
         left_payload = trimmed(0, i, left_record, collide.intersection(right_record.keys))
@@ -76,16 +90,18 @@ _BLOCK_BYTES = 8 << 20  # frames built per native call: large enough to amortize
 
 
 def write_cell(left: Side, right: Side, out: BinaryIO, self_join: Optional[str] = None, collision: str = "error",
-               collisions: Sequence[str] = ()) -> Tuple[int, int]:
+               collisions: Sequence[str] = (), sample: Optional[Tuple[float, int]] = None) -> Tuple[int, int]:
   """Writes the cell's frames, byte-identical to ``write_reference``; returns (pairs, bytes).
 
   The native ``frame_block`` builds the frames of many rows per call. Rows go in blocks that share one list
   of right payloads: all rows, or with ``collision='left'`` consecutive rows whose winning names are equal.
-  ``collision='right'`` changes the left payload per column and keeps the reference path.
+  ``collision='right'`` changes the left payload per column, and sampling keeps few scattered pairs: both take
+  the reference path.
   """
   collide = frozenset(collisions)
-  if _fastframes is None or (collision == "right" and collide):
-    return write_reference(left, right, out, self_join=self_join, collision=collision, collisions=collisions)
+  if _fastframes is None or (collision == "right" and collide) or sample is not None:
+    return write_reference(left, right, out, self_join=self_join, collision=collision, collisions=collisions,
+                           sample=sample)
   step = _MIN_STEP.get(self_join)
   right_ordinals = [ordinal for ordinal, _ in right]
   rights = {frozenset(): [record.payload for _, record in right]}

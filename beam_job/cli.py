@@ -9,7 +9,9 @@ import argparse
 import fnmatch
 import json
 import logging
+import os
 import sys
+import tempfile
 import uuid
 from typing import List, Optional
 
@@ -17,7 +19,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_job import planning, sinks, sources, transforms
+from beam_job import describe, planning, sinks, sources, transforms
 from beam_job.errors import JobError, find_job_error
 
 _LOG = logging.getLogger("beam_job")
@@ -35,6 +37,20 @@ def _positive_float(text: str) -> float:
   value = float(text)
   if not value > 0:
     raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+  return value
+
+
+def _names(text: str) -> tuple:
+  names = tuple(name.strip() for name in text.split(",") if name.strip())
+  if not names:
+    raise argparse.ArgumentTypeError("expected a comma-separated list of feature names")
+  return names
+
+
+def _rate(text: str) -> float:
+  value = float(text)
+  if not 0 < value <= 1:
+    raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
   return value
 
 
@@ -68,6 +84,15 @@ def make_parser() -> argparse.ArgumentParser:
                       help="Approximate size of one output shard (one cell), in MB (10^6 bytes).")
   parser.add_argument("--overwrite", action="store_true",
                       help="Replace the shards and summary of an earlier run under the same prefix.")
+  parser.add_argument("--left_features", type=_names, help="Keep only these left features (names before prefixing).")
+  parser.add_argument("--right_features", type=_names, help="Keep only these right features.")
+  parser.add_argument("--index_features", action="store_true",
+                      help="Add each record's ordinal as an int64 feature 'index' on each side (renamed by prefixes).")
+  parser.add_argument("--sample_rate", type=_rate, default=1.0,
+                      help="Keep each pair independently with this probability, decided by --seed.")
+  parser.add_argument("--seed", type=int, default=0, help="Seed of --sample_rate.")
+  parser.add_argument("--dry_run", action="store_true",
+                      help="Read the inputs, print the plan and exit without writing anything.")
   return parser
 
 
@@ -87,7 +112,7 @@ def _check_output(args, inputs: List[str]) -> None:
 
 
 def build(pipeline: beam.Pipeline, args, _fail_cell=None):
-  """Adds the job to ``pipeline``; returns the PCollection of its summary."""
+  """Adds the job to ``pipeline``; returns the PCollection of its summary (of its plan with --dry_run)."""
   left = pipeline | "ReadLeft" >> transforms.ReadExamples(
       sources.split_patterns(args.left), args.compression, args.on_corrupt)
   inputs = left
@@ -98,7 +123,26 @@ def build(pipeline: beam.Pipeline, args, _fail_cell=None):
       args.output, collision=args.collision, left_prefix=args.left_prefix, right_prefix=args.right_prefix,
       self_join=args.self_join or "product", on_corrupt=args.on_corrupt, max_pairs=args.max_pairs,
       strategy=args.strategy, target_shard_mb=args.target_shard_mb, output_compression=args.output_compression,
-      overwrite=args.overwrite, _fail_cell=_fail_cell)
+      overwrite=args.overwrite, left_features=args.left_features, right_features=args.right_features,
+      index_features=args.index_features, sample_rate=args.sample_rate, seed=args.seed, dry_run=args.dry_run,
+      _fail_cell=_fail_cell)
+
+
+def _write_local_json(value: dict, path: str) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(value, f)
+
+
+def dry_run(args, beam_args) -> dict:
+  """Reads the inputs on the local runner, whatever --runner says, and returns the plan's description."""
+  with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, "plan.json")
+    options = PipelineOptions(beam_args)
+    pipeline = beam.Pipeline(runner=local_runner(options), options=options)
+    _ = build(pipeline, args) | "Keep" >> beam.Map(_write_local_json, path)
+    pipeline.run().wait_until_finish()
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
 
 
 def local_runner(options: PipelineOptions):
@@ -123,6 +167,8 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None) -> Optional[dict]:
   inputs = sources.match_files(sources.split_patterns(args.left), "--left")
   if args.right:
     inputs += sources.match_files(sources.split_patterns(args.right), "--right")
+  if args.dry_run:
+    return {"dry_run": dry_run(args, beam_args)}
   _check_output(args, inputs)
   options = PipelineOptions(beam_args)
   runner_name = options.view_as(StandardOptions).runner
@@ -140,8 +186,19 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None) -> Optional[dict]:
     return json.loads(f.read())
 
 
+class _HideUserErrors(logging.Filter):
+  """Beam logs a failing DoFn's exception with its traceback before re-raising it; for a JobError the CLI
+  prints the one-line message itself, so the log record is dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and find_job_error(exc)) and "JobError: " not in record.getMessage()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_HideUserErrors())
   logging.getLogger("beam_job").setLevel(logging.INFO)
   try:
     summary = run(argv)
@@ -151,7 +208,9 @@ def main(argv: Optional[List[str]] = None) -> int:
       raise
     print(f"error: {message}", file=sys.stderr)
     return 2
-  if summary is not None:
+  if summary is not None and "dry_run" in summary:
+    print(describe.to_text(summary["dry_run"]))
+  elif summary is not None:
     print(f"wrote {summary['pairs']:,} pairs in {len(summary['shards'])} shard(s) under {summary['output']}-*")
     print(json.dumps({k: v for k, v in summary.items() if k != "corrupt"}, indent=2, sort_keys=True))
   return 0

@@ -7,11 +7,12 @@ renamed once (``prepare``) into a ``Prepared`` payload of encoded map entries, a
 concatenation (``example_bytes``). Entries are sorted by name, so bytes are deterministic.
 """
 
+import bisect
 from typing import AbstractSet, NamedTuple, Optional, Tuple
 
 from google.protobuf.message import DecodeError
 
-from beam_job.example_proto import Example
+from beam_job.example_proto import Example, Feature
 
 
 class Prepared(NamedTuple):
@@ -82,3 +83,15 @@ def without(record: Prepared, names: AbstractSet[str]) -> bytes:
 def example_bytes(left_payload: bytes, right_payload: bytes) -> bytes:
   """The serialized Example whose features are both payloads' entries."""
   return b"\x0a" + varint(len(left_payload) + len(right_payload)) + left_payload + right_payload
+
+
+def with_int64(record: Prepared, name: str, value: int) -> Prepared:
+  """The record with one more int64 feature, entries still sorted by name (``--index_features``)."""
+  feature = Feature()
+  feature.int64_list.value.append(value)
+  entry = encode_entry(name, feature.SerializeToString())
+  position = bisect.bisect_left(record.keys, name)
+  start = record.ends[position - 1] if position else 0
+  ends = record.ends[:position] + (start + len(entry),) + tuple(e + len(entry) for e in record.ends[position:])
+  return Prepared(record.keys[:position] + (name,) + record.keys[position:], ends,
+                  record.payload[:start] + entry + record.payload[start:])

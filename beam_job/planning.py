@@ -18,6 +18,7 @@ BROADCAST_MAX_BYTES = 64 << 20
 # Frame (16 bytes) plus the Example header (at most 6 bytes for records under 4 GB).
 PAIR_OVERHEAD_BYTES = 20
 SELF_JOINS = ("product", "combinations", "combinations_with_replacement")
+SIDES = ("left", "right")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +74,9 @@ class Plan:
   offsets: Tuple[Dict[str, int], Dict[str, int]]  # per side: source -> ordinal of its first good record
   bad: Tuple[Dict[str, Tuple[int, ...]], Dict[str, Tuple[int, ...]]]
   collisions: Tuple[str, ...]
-  pairs: int
+  pairs: int  # expected when sampling
   estimated_bytes: int
+  sample_rate: float = 1.0
 
   @property
   def rows(self) -> int:
@@ -145,19 +147,43 @@ def _chunks(left: int, right: int, pairs_per_cell: int, strategy: str, square: b
   return row, col
 
 
+def check_selection(stats: SideStats, select: Optional[FrozenSet[str]], prefix: str, side: str) -> None:
+  """Every name given to --left_features / --right_features must occur in that side's data."""
+  missing = sorted(name for name in select or () if prefix + name not in stats.keys)
+  if missing and stats.count:
+    raise JobError(f"--{side}_features names {', '.join(repr(n) for n in missing)}, which no {side} record has")
+
+
+def check_index_name(stats: SideStats, name: Optional[str], side: str) -> None:
+  if name and name in stats.keys:
+    raise JobError(f"--index_features cannot add {name!r} to the {side} records: they already have a feature of "
+                   "that name; use --collision prefix with another prefix, or drop the feature")
+
+
 def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Optional[str], collision: str,
-              prefixes: Tuple[str, str], max_pairs: int, target_shard_bytes: int) -> Plan:
-  """Checks the job against its limits and cuts it into cells; raises JobError before anything is written."""
+              prefixes: Tuple[str, str], max_pairs: int, target_shard_bytes: int,
+              selects: Tuple[Optional[FrozenSet[str]], Optional[FrozenSet[str]]] = (None, None),
+              index_names: Tuple[Optional[str], Optional[str]] = (None, None), sample_rate: float = 1.0) -> Plan:
+  """Checks the job against its limits and cuts it into cells; raises JobError before anything is written.
+
+  With ``sample_rate`` below 1 the counts and sizes are expectations: cells are sized for the kept pairs.
+  """
+  for stats, select, prefix, index_name, side in zip((left, right), selects, prefixes, index_names, SIDES):
+    check_selection(stats, select, prefix, side)
+    check_index_name(stats, index_name, side)
   n, m = left.count, right.count
-  pairs = total_pairs(n, m, self_join)
+  all_pairs = total_pairs(n, m, self_join)
+  pairs = all_pairs if sample_rate >= 1 else math.ceil(all_pairs * sample_rate)
   if pairs > max_pairs:
-    raise JobError(f"the job would write {pairs:,} pairs ({n:,} x {m:,} records), more than --max_pairs "
-                   f"{max_pairs:,}; raise --max_pairs to allow it")
-  collisions = check_collisions(left.keys, right.keys, collision, prefixes)
+    sampled = f" sampled at --sample_rate {sample_rate} from {all_pairs:,}" if sample_rate < 1 else ""
+    raise JobError(f"the job would write {pairs:,} pairs ({n:,} x {m:,} records{sampled}), more than "
+                   f"--max_pairs {max_pairs:,}; raise --max_pairs to allow it")
+  index_keys = [frozenset([name]) if name else frozenset() for name in index_names]
+  collisions = check_collisions(left.keys | index_keys[0], right.keys | index_keys[1], collision, prefixes)
   if strategy == "auto":
     strategy = "broadcast" if right.payload_bytes <= BROADCAST_MAX_BYTES else "grid"
   pair_bytes = (left.payload_bytes / max(n, 1)) + (right.payload_bytes / max(m, 1)) + PAIR_OVERHEAD_BYTES
-  pairs_per_cell = max(1, int(target_shard_bytes // pair_bytes))
+  pairs_per_cell = max(1, int(target_shard_bytes / pair_bytes / max(sample_rate, 1e-12)))
   square = self_join in ("combinations", "combinations_with_replacement") and strategy == "grid"
   row_chunk, col_chunk = _chunks(n, m, pairs_per_cell, strategy, square)
   cells = []
@@ -170,4 +196,4 @@ def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Op
   return Plan(strategy=strategy, self_join=self_join, left_count=n, right_count=m, row_chunk=row_chunk,
               col_chunk=col_chunk, cells=tuple(cells), offsets=(_offsets(left.good), _offsets(right.good)),
               bad=(dict(left.bad), dict(right.bad)), collisions=collisions, pairs=pairs,
-              estimated_bytes=int(pairs * pair_bytes))
+              estimated_bytes=int(pairs * pair_bytes), sample_rate=sample_rate)

@@ -22,6 +22,10 @@ def summary_path(output: str) -> str:
   return f"{output}-summary.json"
 
 
+def schema_path(output: str) -> str:
+  return f"{output}-schema.pbtxt"
+
+
 def dead_letter_path(output: str) -> str:
   return f"{output}-corrupt.jsonl"
 
@@ -37,7 +41,8 @@ def final_shard_pattern(output: str) -> str:
 def existing_outputs(output: str) -> List[str]:
   """Final shards and summary of an earlier run under the same prefix (temporary files do not count)."""
   found = []
-  for pattern in (final_shard_pattern(output), summary_path(output), dead_letter_path(output)):
+  for pattern in (final_shard_pattern(output), summary_path(output), dead_letter_path(output),
+                  schema_path(output)):
     try:
       found.extend(meta.path for meta in FileSystems.match([pattern])[0].metadata_list)
     except Exception:  # a missing folder matches nothing

@@ -5,10 +5,11 @@ two such PCollections (a PCollection of your own works too: ``source`` is any st
 records, ``index`` their position in it) and writes every pair's merged Example as sharded TFRecords.
 """
 
+import dataclasses
 import json
 import logging
 import uuid
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -16,7 +17,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsList, AsSingleton
 
-from beam_job import cells, examples, planning, sinks, sources
+from beam_job import cells, describe, examples, output_schema, planning, sinks, sources
 from beam_job.errors import JobError
 
 _LOG = logging.getLogger(__name__)
@@ -85,9 +86,10 @@ class ReadExamples(beam.PTransform):
 class _PrepareFn(beam.DoFn):
   """Parses, filters and renames each record once; bad payloads go to the ``corrupt`` output."""
 
-  def __init__(self, side: int, prefix: str, on_corrupt: str, count: bool = True):
+  def __init__(self, side: int, prefix: str, on_corrupt: str, select=None, count: bool = True):
     self._side = side
     self._prefix = prefix
+    self._select = select
     self._on_corrupt = on_corrupt
     self._count = count
     self._records = beam.metrics.Metrics.counter(NAMESPACE, f"{SIDES[side]}_records")
@@ -97,7 +99,7 @@ class _PrepareFn(beam.DoFn):
     source, index, payload = element
     if not isinstance(payload, Corrupt):
       try:
-        prepared = examples.prepare(payload, self._prefix)
+        prepared = examples.prepare(payload, self._prefix, self._select)
       except ValueError as e:
         payload = Corrupt(-1, str(e))
         if self._on_corrupt == "fail":
@@ -146,12 +148,41 @@ class _SideStatsFn(beam.CombineFn):
                               payload_bytes=size, keys=frozenset(keys))
 
 
-def _to_cells(element, side: int, plan: planning.Plan):
+class _FeatureTypesFn(beam.DoFn):
+  """Feature name -> types seen (INT, FLOAT, BYTES), by tfx-bsl's Example decoder over a batch of records."""
+
+  _ARROW = {"int64": "INT", "float": "FLOAT", "large_binary": "BYTES", "binary": "BYTES"}
+
+  def setup(self):
+    from tfx_bsl.coders import example_coder  # pylint: disable=import-outside-toplevel
+    self._decoder = example_coder.ExamplesToRecordBatchDecoder()
+
+  def process(self, payloads):
+    batch = self._decoder.DecodeBatch([examples.example_bytes(p, b"") for p in payloads])
+    types = {}
+    for field in batch.schema:
+      value_type = getattr(field.type, "value_type", None)  # a null column: the feature never had values
+      if value_type is not None:
+        types[field.name] = {self._ARROW.get(str(value_type), str(value_type))}
+    yield types
+
+
+def _merge_types(dicts):
+  merged = {}
+  for types in dicts:
+    for name, kinds in types.items():
+      merged.setdefault(name, set()).update(kinds)
+  return merged
+
+
+def _to_cells(element, side: int, plan: planning.Plan, index_name: Optional[str]):
   """Sends a record to every cell of its row (left) or column (right) that has pairs."""
   if side == 1 and plan.strategy == "broadcast":
     return
   source, index, record = element
   ordinal = plan.ordinal(side, source, index)
+  if index_name:
+    record = examples.with_int64(record, index_name, ordinal)
   chunk = plan.chunk(side, ordinal)
   shards = plan.cell_shards
   others = plan.cols if side == 0 else plan.rows
@@ -161,20 +192,20 @@ def _to_cells(element, side: int, plan: planning.Plan):
       yield cell, (side, ordinal, record)
 
 
-def _broadcast_side(element, plan: planning.Plan):
+def _broadcast_side(element, plan: planning.Plan, index_name: Optional[str]):
   if plan.strategy == "broadcast":
     source, index, record = element
-    yield plan.ordinal(1, source, index), record
+    ordinal = plan.ordinal(1, source, index)
+    yield ordinal, (examples.with_int64(record, index_name, ordinal) if index_name else record)
 
 
 class _WriteCellFn(beam.DoFn):
   """Writes one cell's pairs to its temporary shard and reports what it wrote."""
 
-  def __init__(self, output: str, token: str, merge: dict, compression: str, fail_cell=None):
-    self._output = output
+  def __init__(self, options: "PairOptions", token: str, self_join: Optional[str], fail_cell=None):
+    self._options = options
     self._token = token
-    self._merge = merge
-    self._compression = compression
+    self._self_join = self_join
     self._fail_cell = fail_cell  # test hook: a cell (row, col) that raises half-way through
     self._pairs = beam.metrics.Metrics.counter(NAMESPACE, "pairs_written")
     self._bytes = beam.metrics.Metrics.counter(NAMESPACE, "bytes_written")
@@ -187,43 +218,45 @@ class _WriteCellFn(beam.DoFn):
     else:
       right = sorted(((ordinal, record) for side, ordinal, record in members if side == 1), key=lambda m: m[0])
     shard = plan.cell_shards[cell]
-    path = f"{sinks.temp_dir(self._output, self._token)}/shard-{shard:05d}"
-    with sinks.open_shard(path, self._compression) as out:
+    options = self._options
+    path = f"{sinks.temp_dir(options.output, self._token)}/shard-{shard:05d}"
+    sample = (options.sample_rate, options.seed) if options.sample_rate < 1 else None
+    with sinks.open_shard(path, options.output_compression) as out:
       if self._fail_cell == cell:
         out.write(b"partial")
         raise RuntimeError(f"injected failure in cell {cell}")
-      pairs, size = cells.write_cell(left, right, out, collisions=plan.collisions, **self._merge)
+      pairs, size = cells.write_cell(left, right, out, self_join=self._self_join, collision=options.collision,
+                                     collisions=plan.collisions, sample=sample)
     self._pairs.inc(pairs)
     self._bytes.inc(size)
     yield {"shard": shard, "temp": path, "pairs": pairs, "record_bytes": size}
 
 
 class _FinalizeFn(beam.DoFn):
-  """Publishes the shards once every cell succeeded, then writes the summary."""
+  """Publishes the shards once every cell succeeded, then the schema, the dead letters and the summary."""
 
-  def __init__(self, output: str, token: str, compression: str, overwrite: bool, options: dict):
-    self._output = output
-    self._token = token
-    self._compression = compression
-    self._overwrite = overwrite
+  def __init__(self, options: "PairOptions", token: str, self_join: Optional[str]):
     self._options = options
+    self._token = token
+    self._self_join = self_join
 
-  def process(self, plan: planning.Plan, results, corrupt):
+  def process(self, plan: planning.Plan, results, corrupt, types):
+    options, output = self._options, self._options.output
     results = sorted(results, key=lambda r: r["shard"])
     if [r["shard"] for r in results] != list(range(len(plan.cells))):
       raise RuntimeError(f"expected {len(plan.cells)} cells, got shards {[r['shard'] for r in results]}")
-    folder = sinks.temp_dir(self._output, self._token)
+    folder = sinks.temp_dir(output, self._token)
     count = plan.shard_count
-    names = [planning.shard_name(self._output, shard, count, self._compression) for shard in range(count)]
+    names = [planning.shard_name(output, shard, count, options.output_compression) for shard in range(count)]
     temps = [r["temp"] for r in results]
     if not results:  # no pairs at all: still one (empty) shard, so readers of the prefix find a file
       temps = [f"{folder}/shard-00000"]
-      with sinks.open_shard(temps[0], self._compression):
+      with sinks.open_shard(temps[0], options.output_compression):
         pass
-    sinks.publish(list(zip(temps, names)), self._output, self._overwrite)
+    sinks.publish(list(zip(temps, names)), output, options.overwrite)
     corrupt = sorted(corrupt, key=lambda c: (c[0], c[1]))
     summary = {
-        "output": self._output,
+        "output": output,
         "left_records": plan.left_count,
         "right_records": plan.right_count,
         "pairs": sum(r["pairs"] for r in results),
@@ -237,17 +270,104 @@ class _FinalizeFn(beam.DoFn):
         "grid": {"rows": plan.rows, "cols": plan.cols, "row_chunk": plan.row_chunk,
                  "col_chunk": plan.col_chunk, "cells": len(plan.cells)},
         "collisions": list(plan.collisions),
-        "options": self._options,
+        "options": options.summary(self._self_join),
     }
+    schema = output_schema.merged_types(types, options.collision, options.index_names())
+    sinks.write_text(sinks.schema_path(output), output_schema.to_pbtxt(schema), f"{folder}/schema.pbtxt")
+    summary["schema"] = sinks.schema_path(output)
     if corrupt:  # the dead-letter list, one JSON object per line, before the summary that announces it
-      sinks.write_text(sinks.dead_letter_path(self._output),
+      sinks.write_text(sinks.dead_letter_path(output),
                        "".join(json.dumps(c, sort_keys=True) + "\n" for c in summary["corrupt"]),
                        f"{folder}/corrupt.jsonl")
-      summary["dead_letter"] = sinks.dead_letter_path(self._output)
-    sinks.write_text(sinks.summary_path(self._output), json.dumps(summary, indent=2, sort_keys=True) + "\n",
+      summary["dead_letter"] = sinks.dead_letter_path(output)
+    sinks.write_text(sinks.summary_path(output), json.dumps(summary, indent=2, sort_keys=True) + "\n",
                      f"{folder}/summary.json")
     sinks.remove_dir(folder)
     yield summary
+
+
+@dataclasses.dataclass(frozen=True)
+class PairOptions:
+  """Everything ``CrossProduct`` is told, checked once at construction (before any pipeline runs)."""
+  output: str
+  collision: str = "error"
+  left_prefix: str = "left_"
+  right_prefix: str = "right_"
+  self_join: str = "product"
+  on_corrupt: str = "fail"
+  max_pairs: int = 1_000_000_000
+  strategy: str = "auto"
+  target_shard_mb: float = 256
+  output_compression: str = "uncompressed"
+  overwrite: bool = False
+  left_features: Optional[Tuple[str, ...]] = None
+  right_features: Optional[Tuple[str, ...]] = None
+  index_features: bool = False
+  sample_rate: float = 1.0
+  seed: int = 0
+
+  def __post_init__(self):
+    for flag, value, allowed in (("collision", self.collision, COLLISIONS),
+                                 ("self_join", self.self_join, planning.SELF_JOINS),
+                                 ("on_corrupt", self.on_corrupt, ON_CORRUPT), ("strategy", self.strategy, STRATEGIES),
+                                 ("output_compression", self.output_compression, OUTPUT_COMPRESSIONS)):
+      if value not in allowed:
+        raise JobError(f"--{flag} must be one of {', '.join(allowed)}, not {value!r}")
+    if self.max_pairs < 0:
+      raise JobError(f"--max_pairs must be at least 0, not {self.max_pairs}")
+    if not self.target_shard_mb > 0:
+      raise JobError(f"--target_shard_mb must be positive, not {self.target_shard_mb}")
+    if not 0 < self.sample_rate <= 1:
+      raise JobError(f"--sample_rate must be in (0, 1], not {self.sample_rate}")
+    if not self.output:
+      raise JobError("--output must name a prefix")
+
+  @property
+  def prefixes(self) -> Tuple[str, str]:
+    return (self.left_prefix, self.right_prefix) if self.collision == "prefix" else ("", "")
+
+  @property
+  def selects(self):
+    return tuple(None if names is None else frozenset(names) for names in (self.left_features, self.right_features))
+
+  def index_names(self) -> Tuple[Optional[str], Optional[str]]:
+    return tuple(prefix + "index" if self.index_features else None for prefix in self.prefixes)
+
+  def plan_options(self, self_join: Optional[str]) -> dict:
+    return {"strategy": self.strategy, "self_join": self_join, "collision": self.collision,
+            "prefixes": self.prefixes, "max_pairs": self.max_pairs,
+            "target_shard_bytes": int(self.target_shard_mb * 1_000_000), "selects": self.selects,
+            "index_names": self.index_names(), "sample_rate": self.sample_rate}
+
+  def summary(self, self_join: Optional[str]) -> dict:
+    return {"collision": self.collision, "left_prefix": self.prefixes[0], "right_prefix": self.prefixes[1],
+            "self_join": self_join or "", "output_compression": self.output_compression,
+            "target_shard_mb": self.target_shard_mb, "sample_rate": self.sample_rate, "seed": self.seed,
+            "left_features": list(self.left_features or []), "right_features": list(self.right_features or []),
+            "index_features": self.index_features}
+
+
+class _PrepareSide(beam.PTransform):
+  """Parses each record once into its encoded entries; gathers the side's stats and feature types."""
+
+  def __init__(self, side: int, options: PairOptions, count: bool):
+    super().__init__()
+    self._side, self._options, self._count = side, options, count
+
+  def expand(self, records):
+    side, options = self._side, self._options
+    prepared = records | "Parse" >> beam.ParDo(_PrepareFn(
+        side, options.prefixes[side], options.on_corrupt, options.selects[side], self._count)).with_outputs(
+            "corrupt", main="records")
+    stats = ((prepared.records, prepared.corrupt) | "Both" >> beam.Flatten()
+             | "Stats" >> beam.CombineGlobally(_SideStatsFn()))
+    types = (prepared.records
+             | "Payloads" >> beam.Map(lambda element: element[2].payload)
+             | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
+             | "Decode" >> beam.ParDo(_FeatureTypesFn())
+             | "Types" >> beam.CombineGlobally(_merge_types)
+             | "TagSide" >> beam.Map(lambda types, side: (side, types), side))
+    return prepared.records, prepared.corrupt, stats, types
 
 
 def _plan(left_stats, right_stats, options: dict):
@@ -258,72 +378,43 @@ class CrossProduct(beam.PTransform):
   """Writes every pair of two PCollections of ``(source, index, serialized Example)`` as merged Examples.
 
   Apply it to ``(left, right)``, or to one PCollection to pair it with itself (see ``self_join``). Output is
-  ``{output}-SSSSS-of-NNNNN.tfrecord[.gz]`` plus ``{output}-summary.json``, written last; the result is a
-  PCollection holding the summary dict. Records are ordered by ``source`` then ``index``; that order fixes
-  which pairs ``combinations`` keeps and the bytes of every shard.
+  ``{output}-SSSSS-of-NNNNN.tfrecord[.gz]``, ``{output}-schema.pbtxt`` and ``{output}-summary.json``, written
+  last; the result is a PCollection holding the summary dict (the plan's description with ``dry_run``).
+  Records are ordered by ``source`` then ``index``; that order fixes which pairs ``combinations`` keeps and
+  the bytes of every shard. Keyword arguments are the fields of ``PairOptions`` (the CLI's flags).
   """
 
-  def __init__(self, output: str, *, collision: str = "error", left_prefix: str = "left_",
-               right_prefix: str = "right_", self_join: str = "product", on_corrupt: str = "fail",
-               max_pairs: int = 1_000_000_000, strategy: str = "auto", target_shard_mb: float = 256,
-               output_compression: str = "uncompressed", overwrite: bool = False, _fail_cell=None):
+  def __init__(self, output: str, *, dry_run: bool = False, _fail_cell=None, **options):
     super().__init__()
-    for flag, value, allowed in (("collision", collision, COLLISIONS), ("self_join", self_join, planning.SELF_JOINS),
-                                 ("on_corrupt", on_corrupt, ON_CORRUPT), ("strategy", strategy, STRATEGIES),
-                                 ("output_compression", output_compression, OUTPUT_COMPRESSIONS)):
-      if value not in allowed:
-        raise JobError(f"--{flag} must be one of {', '.join(allowed)}, not {value!r}")
-    if max_pairs < 0:
-      raise JobError(f"--max_pairs must be at least 0, not {max_pairs}")
-    if not target_shard_mb > 0:
-      raise JobError(f"--target_shard_mb must be positive, not {target_shard_mb}")
-    if not output:
-      raise JobError("--output must name a prefix")
-    self._output = output
-    self._collision = collision
-    self._prefixes = (left_prefix, right_prefix) if collision == "prefix" else ("", "")
-    self._self_join = self_join
-    self._on_corrupt = on_corrupt
-    self._max_pairs = max_pairs
-    self._strategy = strategy
-    self._target_bytes = int(target_shard_mb * 1_000_000)
-    self._compression = output_compression
-    self._overwrite = overwrite
+    for name in ("left_features", "right_features"):
+      if options.get(name) is not None:
+        options[name] = tuple(options[name])
+    self._options = PairOptions(output, **options)
+    self._dry_run = dry_run
     self._fail_cell = _fail_cell
     self._token = uuid.uuid4().hex[:12]  # one temporary folder per job: retried cells rewrite their own file
 
-  def _summary_options(self, self_join):
-    return {"collision": self._collision, "left_prefix": self._prefixes[0], "right_prefix": self._prefixes[1],
-            "self_join": self_join, "output_compression": self._compression,
-            "target_shard_mb": self._target_bytes / 1_000_000}
-
   def expand(self, inputs):
     left, right = inputs if isinstance(inputs, tuple) else (inputs, None)
-    self_join = self._self_join if right is None else None
-    if right is not None and self._self_join != "product":
+    options = self._options
+    if right is not None and options.self_join != "product":
       raise JobError("--self_join applies only when --right is omitted")
-    left_records = left | "PrepareLeft" >> beam.ParDo(
-        _PrepareFn(0, self._prefixes[0], self._on_corrupt)).with_outputs("corrupt", main="records")
-    right_records = (left if right is None else right) | "PrepareRight" >> beam.ParDo(
-        _PrepareFn(1, self._prefixes[1], self._on_corrupt, count=right is not None)).with_outputs(
-            "corrupt", main="records")
-    sides = (left_records, right_records)
-    stats = [(s.records, s.corrupt) | f"Flatten{SIDES[i].title()}" >> beam.Flatten()
-             | f"{SIDES[i].title()}Stats" >> beam.CombineGlobally(_SideStatsFn()) for i, s in enumerate(sides)]
-    plan = stats[0] | "Plan" >> beam.Map(_plan, AsSingleton(stats[1]), {
-        "strategy": self._strategy, "self_join": self_join, "collision": self._collision,
-        "prefixes": self._prefixes, "max_pairs": self._max_pairs, "target_shard_bytes": self._target_bytes})
-    corrupt_parts = [left_records.corrupt] + ([right_records.corrupt] if right is not None else [])
-    corrupt = corrupt_parts | "AllCorrupt" >> beam.Flatten()
-    merge = {"self_join": self_join, "collision": self._collision}
-    results = ([s.records | f"To{SIDES[i].title()}Cells" >> beam.FlatMap(_to_cells, i, AsSingleton(plan))
-                for i, s in enumerate(sides)]
+    self_join = options.self_join if right is None else None
+    sides = [left | "PrepareLeft" >> _PrepareSide(0, options, True),
+             (left if right is None else right) | "PrepareRight" >> _PrepareSide(1, options, right is not None)]
+    plan = sides[0][2] | "Plan" >> beam.Map(_plan, AsSingleton(sides[1][2]), options.plan_options(self_join))
+    if self._dry_run:
+      return plan | "Describe" >> beam.Map(describe.plan_description, options)
+    index_names = options.index_names()
+    results = ([side[0] | f"To{SIDES[i].title()}Cells" >> beam.FlatMap(
+                   _to_cells, i, AsSingleton(plan), index_names[i]) for i, side in enumerate(sides)]
                | "FlattenCells" >> beam.Flatten()
                | "GroupCells" >> beam.GroupByKey()
                | "WriteCells" >> beam.ParDo(
-                   _WriteCellFn(self._output, self._token, merge, self._compression, self._fail_cell),
-                   AsSingleton(plan),
-                   AsList(right_records.records | "Broadcast" >> beam.FlatMap(_broadcast_side, AsSingleton(plan)))))
-    return plan | "Finalize" >> beam.ParDo(
-        _FinalizeFn(self._output, self._token, self._compression, self._overwrite,
-                    self._summary_options(self_join or "")), AsList(results), AsList(corrupt))
+                   _WriteCellFn(options, self._token, self_join, self._fail_cell), AsSingleton(plan),
+                   AsList(sides[1][0] | "Broadcast" >> beam.FlatMap(
+                       _broadcast_side, AsSingleton(plan), index_names[1]))))
+    corrupt = [sides[0][1]] + ([sides[1][1]] if right is not None else []) | "AllCorrupt" >> beam.Flatten()
+    types = [side[3] for side in sides] | "AllTypes" >> beam.Flatten()
+    return plan | "Finalize" >> beam.ParDo(_FinalizeFn(options, self._token, self_join), AsList(results),
+                                           AsList(corrupt), AsList(types))

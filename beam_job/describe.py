@@ -1,0 +1,52 @@
+"""``--dry_run``: the plan in words, for a person to read before spending money."""
+
+from beam_job import planning
+
+
+def plan_description(plan: planning.Plan, options) -> dict:
+  """What the job would do: sizes, strategy, grid, shard names, and what happens to colliding features."""
+  if not plan.collisions:
+    collisions = "none: the merged Example is the union of both sides' features"
+  elif options.collision in ("left", "right"):
+    collisions = (f"{len(plan.collisions)} name(s) on both sides; the {options.collision} side's value wins: "
+                  + ", ".join(plan.collisions))
+  else:  # make_plan has already refused the others
+    collisions = ", ".join(plan.collisions)
+  renaming = (f"every left feature is renamed {options.left_prefix}NAME and every right one "
+              f"{options.right_prefix}NAME" if options.collision == "prefix" else "features keep their names")
+  return {
+      "left_records": plan.left_count,
+      "right_records": plan.right_count,
+      "pairs": plan.pairs,
+      "sample_rate": plan.sample_rate,
+      "estimated_bytes": plan.estimated_bytes,
+      "shards": plan.shard_count,
+      "first_shard": planning.shard_name(options.output, 0, plan.shard_count, options.output_compression),
+      "strategy": plan.strategy,
+      "grid": {"rows": plan.rows, "cols": plan.cols, "row_chunk": plan.row_chunk, "col_chunk": plan.col_chunk,
+               "cells": len(plan.cells)},
+      "collision_policy": options.collision,
+      "collisions": collisions,
+      "renaming": renaming,
+      "corrupt_records": sum(len(v) for side in (plan.bad[:1] if plan.self_join else plan.bad)
+                             for v in side.values()),
+  }
+
+
+def to_text(description: dict) -> str:
+  grid = description["grid"]
+  sampled = (f", sampled at {description['sample_rate']} (expected count)" if description["sample_rate"] < 1
+             else "")
+  return "\n".join([
+      f"left records:   {description['left_records']:,}",
+      f"right records:  {description['right_records']:,}",
+      f"pairs:          {description['pairs']:,}{sampled}",
+      f"output:         ~{description['estimated_bytes'] / 1e6:,.1f} MB in {description['shards']:,} shard(s), "
+      f"e.g. {description['first_shard']}",
+      f"strategy:       {description['strategy']}",
+      f"cell grid:      {grid['rows']} x {grid['cols']} chunks of {grid['row_chunk']:,} x {grid['col_chunk']:,} "
+      f"records, {grid['cells']} non-empty cell(s)",
+      f"collisions:     {description['collisions']} (--collision {description['collision_policy']})",
+      f"features:       {description['renaming']}",
+      f"corrupt:        {description['corrupt_records']} record(s) left out",
+  ])
