@@ -17,6 +17,7 @@ setuptools.setup(
         f"apache-beam[gcp]=={BEAM_VERSION}",
         "google-crc32c>=1.5,<2",
         "protobuf>=6,<7",
+        "rich>=13",
         "tensorflow-metadata==1.21.*",
         "tensorflow==2.21.*",
         "tfx-bsl==1.21.*",

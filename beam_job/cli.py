@@ -19,7 +19,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_job import describe, planning, sinks, sources, transforms
+from beam_job import describe, planning, progress, sinks, sources, transforms
 from beam_job.errors import JobError, find_job_error
 
 _LOG = logging.getLogger("beam_job")
@@ -111,7 +111,7 @@ def _check_output(args, inputs: List[str]) -> None:
                    f"(e.g. {existing[0]}); pass --overwrite to replace them")
 
 
-def build(pipeline: beam.Pipeline, args, _fail_cell=None):
+def build(pipeline: beam.Pipeline, args, _fail_cell=None, temp_token: Optional[str] = None):
   """Adds the job to ``pipeline``; returns the PCollection of its summary (of its plan with --dry_run)."""
   left = pipeline | "ReadLeft" >> transforms.ReadExamples(
       sources.split_patterns(args.left), args.compression, args.on_corrupt)
@@ -125,7 +125,7 @@ def build(pipeline: beam.Pipeline, args, _fail_cell=None):
       strategy=args.strategy, target_shard_mb=args.target_shard_mb, output_compression=args.output_compression,
       overwrite=args.overwrite, left_features=args.left_features, right_features=args.right_features,
       index_features=args.index_features, sample_rate=args.sample_rate, seed=args.seed, dry_run=args.dry_run,
-      _fail_cell=_fail_cell)
+      temp_token=temp_token, _fail_cell=_fail_cell)
 
 
 def _write_local_json(value: dict, path: str) -> None:
@@ -174,12 +174,14 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None) -> Optional[dict]:
   runner_name = options.view_as(StandardOptions).runner
   runner = local_runner(options) if runner_name in _LOCAL_RUNNERS else None
   pipeline = beam.Pipeline(runner=runner, options=options)
-  build(pipeline, args, _fail_cell)
-  result = pipeline.run()
+  token = uuid.uuid4().hex[:12]
+  build(pipeline, args, _fail_cell, temp_token=token)
   if runner is None and options.view_as(StandardOptions).no_wait_until_finish:
+    pipeline.run()
     _LOG.info("submitted; the job publishes its shards and %s when it ends", sinks.summary_path(args.output))
     return None
-  state = result.wait_until_finish()
+  with progress.FolderProgress(sinks.temp_dir(args.output, token)):
+    state = pipeline.run().wait_until_finish()
   if state != beam.runners.runner.PipelineState.DONE:
     raise RuntimeError(f"pipeline ended in state {state}")
   with FileSystems.open(sinks.summary_path(args.output)) as f:

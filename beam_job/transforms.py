@@ -370,8 +370,13 @@ class _PrepareSide(beam.PTransform):
     return prepared.records, prepared.corrupt, stats, types
 
 
-def _plan(left_stats, right_stats, options: dict):
-  return planning.make_plan(left_stats, right_stats, **options)
+def _plan(left_stats, right_stats, options: dict, folder: str, gzip_output: bool):
+  """Plans the job, and leaves the plan's totals in the temporary folder for progress displays."""
+  plan = planning.make_plan(left_stats, right_stats, **options)
+  if folder:
+    sinks.write_text(f"{folder}/plan.json", json.dumps(
+        {"pairs": plan.pairs, "estimated_bytes": plan.estimated_bytes, "gzip": gzip_output}), f"{folder}/plan.tmp")
+  return plan
 
 
 class CrossProduct(beam.PTransform):
@@ -384,7 +389,8 @@ class CrossProduct(beam.PTransform):
   the bytes of every shard. Keyword arguments are the fields of ``PairOptions`` (the CLI's flags).
   """
 
-  def __init__(self, output: str, *, dry_run: bool = False, _fail_cell=None, **options):
+  def __init__(self, output: str, *, dry_run: bool = False, temp_token: Optional[str] = None, _fail_cell=None,
+               **options):
     super().__init__()
     for name in ("left_features", "right_features"):
       if options.get(name) is not None:
@@ -392,7 +398,9 @@ class CrossProduct(beam.PTransform):
     self._options = PairOptions(output, **options)
     self._dry_run = dry_run
     self._fail_cell = _fail_cell
-    self._token = uuid.uuid4().hex[:12]  # one temporary folder per job: retried cells rewrite their own file
+    # One temporary folder per job: a retried cell rewrites its own file there.
+    self._token = temp_token or uuid.uuid4().hex[:12]
+    self.temp_folder = sinks.temp_dir(output, self._token)
 
   def expand(self, inputs):
     left, right = inputs if isinstance(inputs, tuple) else (inputs, None)
@@ -402,7 +410,9 @@ class CrossProduct(beam.PTransform):
     self_join = options.self_join if right is None else None
     sides = [left | "PrepareLeft" >> _PrepareSide(0, options, True),
              (left if right is None else right) | "PrepareRight" >> _PrepareSide(1, options, right is not None)]
-    plan = sides[0][2] | "Plan" >> beam.Map(_plan, AsSingleton(sides[1][2]), options.plan_options(self_join))
+    plan = sides[0][2] | "Plan" >> beam.Map(_plan, AsSingleton(sides[1][2]), options.plan_options(self_join),
+                                            None if self._dry_run else self.temp_folder,
+                                            options.output_compression == "gzip")
     if self._dry_run:
       return plan | "Describe" >> beam.Map(describe.plan_description, options)
     index_names = options.index_names()

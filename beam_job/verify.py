@@ -1,0 +1,150 @@
+"""``python -m beam_job.verify``: check an output against its inputs, with the job's own flags.
+
+It reads both inputs in this process (no Beam), rebuilds the plan the job made, and then, for every shard the
+plan names: the shard exists, its frames and CRCs are valid, it holds as many records as its cell has pairs,
+and (for outputs of at most ``--full_check_max`` pairs, else for ``--sample_shards`` shards picked by
+``--verify_seed``) its records are byte for byte the merged pairs, computed by the plain-Python reference
+writer. Exit 0 when all hold; otherwise 1, naming the shard and what is wrong. Memory: both inputs, prepared.
+"""
+
+import contextlib
+import gzip
+import json
+import random
+import sys
+from typing import List, Optional, Tuple
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from beam_job import cells, cli, examples, planning, sinks, sources, tfrecord
+from beam_job.errors import JobError
+
+
+class VerifyError(Exception):
+  """The output is not what the inputs and options imply."""
+
+
+def _read_side(patterns: str, flag: str, args, prefix: str, select) -> Tuple[planning.SideStats, list]:
+  good, bad, records, size, keys = {}, {}, [], 0, set()
+  for path in sources.match_files(sources.split_patterns(patterns), flag):
+    for record in sources.read_file(path, args.compression):
+      problem = record.problem
+      if record.payload is not None:
+        try:
+          prepared = examples.prepare(record.payload, prefix, select)
+        except ValueError as e:
+          problem = str(e)
+        else:
+          good[path] = good.get(path, 0) + 1
+          size += len(prepared.payload)
+          keys.update(prepared.keys)
+          records.append((path, record.index, prepared))
+          continue
+      if args.on_corrupt == "fail":
+        raise JobError(f"corrupt input {path}: record {record.index}: {problem}")
+      bad.setdefault(path, []).append(record.index)
+  stats = planning.SideStats(good, {s: tuple(sorted(i)) for s, i in bad.items()}, size, frozenset(keys))
+  return stats, records
+
+
+def _ordered(records, plan: planning.Plan, side: int, index_name: Optional[str]):
+  out = []
+  for source, index, prepared in records:
+    ordinal = plan.ordinal(side, source, index)
+    out.append((ordinal, examples.with_int64(prepared, index_name, ordinal) if index_name else prepared))
+  return sorted(out, key=lambda m: m[0])
+
+
+def _frames(path: str, compression: str) -> List[bytes]:
+  with contextlib.ExitStack() as stack:
+    raw = stack.enter_context(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
+    stream = stack.enter_context(gzip.GzipFile(fileobj=raw)) if compression == "gzip" else raw
+    payloads = []
+    try:
+      for record in tfrecord.read_frames(stream):
+        if record.payload is None:
+          raise VerifyError(f"{path}: record {record.index} (byte {record.offset}): {record.problem}")
+        payloads.append(record.payload)
+    except (EOFError, gzip.BadGzipFile) as e:
+      raise VerifyError(f"{path}: the gzip stream is broken after record {len(payloads)}: {e}") from None
+    return payloads
+
+
+def verify(argv: Optional[List[str]] = None) -> str:
+  parser = cli.make_parser()
+  parser.prog = "python -m beam_job.verify"
+  parser.add_argument("--full_check_max", type=int, default=5_000_000,
+                      help="Compare every record when the output has at most this many pairs.")
+  parser.add_argument("--sample_shards", type=int, default=4, help="Shards compared record by record otherwise.")
+  parser.add_argument("--verify_seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  from beam_job.transforms import PairOptions  # pylint: disable=import-outside-toplevel
+  options = PairOptions(args.output, collision=args.collision, left_prefix=args.left_prefix,
+                        right_prefix=args.right_prefix, self_join=args.self_join or "product",
+                        on_corrupt=args.on_corrupt, max_pairs=args.max_pairs, strategy=args.strategy,
+                        target_shard_mb=args.target_shard_mb, output_compression=args.output_compression,
+                        left_features=args.left_features, right_features=args.right_features,
+                        index_features=args.index_features, sample_rate=args.sample_rate, seed=args.seed)
+  self_join = (args.self_join or "product") if not args.right else None
+  left_stats, left = _read_side(args.left, "--left", args, options.prefixes[0], options.selects[0])
+  right_stats, right = _read_side(args.right or args.left, "--right" if args.right else "--left", args,
+                                  options.prefixes[1], options.selects[1])
+  plan = planning.make_plan(left_stats, right_stats, **options.plan_options(self_join))
+  index_names = options.index_names()
+  left, right = _ordered(left, plan, 0, index_names[0]), _ordered(right, plan, 1, index_names[1])
+  names = [planning.shard_name(args.output, s, plan.shard_count, args.output_compression)
+           for s in range(plan.shard_count)]
+  present = set(sinks.existing_outputs(args.output))
+  for name in names:
+    if name not in present:
+      raise VerifyError(f"missing shard {name}")
+  extra = sorted(p for p in present if p.endswith((".tfrecord", ".tfrecord.gz")) and p not in names)
+  if extra:
+    raise VerifyError(f"unexpected shard {extra[0]} (the plan has {plan.shard_count} shards)")
+  if sinks.summary_path(args.output) not in present:
+    raise VerifyError(f"missing summary {sinks.summary_path(args.output)}: the run did not finish")
+  sampled = plan.sample_rate < 1
+  full = plan.pairs <= args.full_check_max
+  compare = set(range(len(plan.cells))) if full else set(
+      random.Random(args.verify_seed).sample(range(len(plan.cells)), min(args.sample_shards, len(plan.cells))))
+  merge = {"self_join": self_join, "collision": args.collision, "collisions": plan.collisions,
+           "sample": (plan.sample_rate, args.seed) if sampled else None}
+  total = 0
+  for shard, (row, col, pairs) in enumerate(plan.cells):
+    records = _frames(names[shard], args.output_compression)
+    total += len(records)
+    if shard not in compare and not sampled:
+      if len(records) != pairs:
+        raise VerifyError(f"{names[shard]} holds {len(records):,} records, expected {pairs:,}")
+      continue
+    rows = left[row * plan.row_chunk:(row + 1) * plan.row_chunk]
+    cols = right if plan.strategy == "broadcast" else right[col * plan.col_chunk:(col + 1) * plan.col_chunk]
+    expected = list(cells.pair_examples(rows, cols, **merge))
+    if len(records) != len(expected):
+      raise VerifyError(f"{names[shard]} holds {len(records):,} records, expected {len(expected):,} "
+                        "(records dropped or duplicated)")
+    for k, (got, want) in enumerate(zip(records, expected)):
+      if got != want:
+        raise VerifyError(f"{names[shard]}: record {k} is not the expected merged pair")
+  if not plan.cells and _frames(names[0], args.output_compression):
+    raise VerifyError(f"{names[0]} should be empty: the job has no pairs")
+  with FileSystems.open(sinks.summary_path(args.output)) as f:
+    summary = json.loads(f.read())
+  if summary.get("pairs") != total:
+    raise VerifyError(f"the summary says {summary.get('pairs')} pairs, the shards hold {total}")
+  how = "every record compared" if full or sampled else f"{len(compare)} of {len(plan.cells)} shards compared"
+  return f"verified {total:,} pairs in {len(names)} shard(s) under {args.output}: {how}"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  try:
+    print(verify(argv))
+  except (VerifyError, JobError) as e:
+    print(f"verify failed: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
