@@ -370,7 +370,7 @@ class _PrepareSide(beam.PTransform):
     return prepared.records, prepared.corrupt, stats, types
 
 
-def _plan(left_stats, right_stats, options: dict, folder: str, gzip_output: bool):
+def _plan(left_stats, right_stats, options: dict, folder: Optional[str], gzip_output: bool):
   """Plans the job, and leaves the plan's totals in the temporary folder for progress displays."""
   plan = planning.make_plan(left_stats, right_stats, **options)
   if folder:

@@ -1,0 +1,211 @@
+"""End-to-end tests of the planning and selection features: --dry_run, --sample_rate/--seed,
+--left_features/--right_features, --index_features, the TFMD schema, and ``python -m beam_job.verify``."""
+
+import glob
+import json
+import os
+
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from beam_job import cli, verify
+from tests.helpers import make_example, parse, read_tfrecords, write_tfrecord
+
+N_LEFT, N_RIGHT = 7, 5
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("inputs")
+  left = [make_example({"id": [i], "vec": [i / 2, -1.5], "name": [b"u%d" % i]}) for i in range(N_LEFT)]
+  right = [make_example({"id": [100 + j], "tag": [b"t%d" % j], "w": [j * 1.0]}) for j in range(N_RIGHT)]
+  write_tfrecord(str(folder / "left-a.tfrecord"), left[:4])
+  write_tfrecord(str(folder / "left-b.tfrecord"), left[4:])
+  write_tfrecord(str(folder / "right.tfrecord.gz"), right, compression="gzip")
+  return {"left": str(folder / "left-*.tfrecord"), "right": str(folder / "right.tfrecord.gz"),
+          "left_records": left, "right_records": right}
+
+
+def _job(inputs, prefix, *flags):
+  return ["--left", inputs["left"], "--right", inputs["right"], "--output", str(prefix), *flags]
+
+
+def _shards(prefix):
+  return sorted(glob.glob(f"{prefix}-*-of-*.tfrecord*"))
+
+
+def _records(prefix):
+  return [parse(r) for r in read_tfrecords(_shards(prefix))]
+
+
+def _indexes(prefix):
+  return [(e.features.feature["left_index"].int64_list.value[0], e.features.feature["right_index"].int64_list.value[0])
+          for e in _records(prefix)]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(inputs, tmp_path, capsys):
+  prefix = tmp_path / "out" / "pairs"
+  assert cli.main(_job(inputs, prefix, "--collision", "left", "--dry_run", "--strategy", "grid",
+                       "--target_shard_mb", "0.0005")) == 0
+  text = capsys.readouterr().out
+  assert "left records:   7" in text and "right records:  5" in text and "pairs:          35" in text
+  assert "strategy:       grid" in text
+  assert "the left side's value wins: id" in text
+  assert "non-empty cell(s)" in text and "pairs-00000-of-" in text
+  assert not (tmp_path / "out").exists()
+
+
+def test_index_features_trace_every_record_to_its_sources(inputs, tmp_path):
+  prefix = tmp_path / "pairs"
+  summary = cli.run(_job(inputs, prefix, "--collision", "prefix", "--index_features", "--strategy", "grid",
+                         "--target_shard_mb", "0.001"))
+  assert summary["pairs"] == N_LEFT * N_RIGHT
+  pairs = _indexes(prefix)
+  assert sorted(pairs) == [(i, j) for i in range(N_LEFT) for j in range(N_RIGHT)]
+  for example in _records(prefix):
+    i = example.features.feature["left_index"].int64_list.value[0]
+    j = example.features.feature["right_index"].int64_list.value[0]
+    assert example.features.feature["left_id"].int64_list.value == [i]
+    assert example.features.feature["right_id"].int64_list.value == [100 + j]
+
+
+def test_index_features_without_prefix_collide(inputs, tmp_path, capsys):
+  prefix = tmp_path / "pairs"
+  assert cli.main(_job(inputs, prefix, "--collision", "right", "--right_features", "tag", "--left_features",
+                       "name", "--index_features")) == 0
+  example = _records(prefix)[0]
+  # 'index' is on both sides: the right side's value wins, as for any other feature.
+  assert sorted(example.features.feature) == ["index", "name", "tag"]
+  assert cli.main(_job(inputs, tmp_path / "other", "--left_features", "name", "--right_features", "tag",
+                       "--index_features")) == 2
+  assert "'index'" in capsys.readouterr().err
+
+
+def test_feature_selection_keeps_only_the_named_features(inputs, tmp_path):
+  prefix = tmp_path / "pairs"
+  cli.run(_job(inputs, prefix, "--collision", "prefix", "--left_features", "id,name", "--right_features", "w"))
+  records = _records(prefix)
+  assert len(records) == N_LEFT * N_RIGHT
+  assert {tuple(sorted(e.features.feature)) for e in records} == {("left_id", "left_name", "right_w")}
+
+
+def test_feature_selection_names_a_feature_that_never_occurs(inputs, tmp_path, capsys):
+  prefix = tmp_path / "pairs"
+  assert cli.main(_job(inputs, prefix, "--collision", "prefix", "--right_features", "w,nope")) == 2
+  err = capsys.readouterr().err
+  assert "--right_features names 'nope', which no right record has" in err
+  assert "Traceback" not in err
+  assert not glob.glob(f"{prefix}*")
+
+
+def test_sampling_is_deterministic_and_follows_the_seed(inputs, tmp_path):
+  runs = {}
+  for name, seed, strategy in (("a", 1, "broadcast"), ("b", 1, "grid"), ("c", 2, "broadcast")):
+    prefix = tmp_path / name / "pairs"
+    summary = cli.run(_job(inputs, prefix, "--collision", "prefix", "--index_features", "--sample_rate", "0.4",
+                           "--seed", str(seed), "--strategy", strategy, "--target_shard_mb", "0.001"))
+    runs[name] = sorted(_indexes(prefix))
+    assert summary["pairs"] == len(runs[name])
+  assert runs["a"] == runs["b"]  # same seed, other strategy and cells: same pairs
+  assert runs["a"] != runs["c"]
+  assert 0 < len(runs["a"]) < N_LEFT * N_RIGHT
+
+
+def test_sampling_self_join_keeps_only_allowed_pairs(inputs, tmp_path):
+  prefix = tmp_path / "pairs"
+  cli.run(["--left", inputs["left"], "--output", str(prefix), "--collision", "prefix", "--index_features",
+           "--self_join", "combinations", "--sample_rate", "0.5", "--seed", "7"])
+  pairs = _indexes(prefix)
+  assert pairs and all(i < j for i, j in pairs)
+  assert len(set(pairs)) == len(pairs)
+
+
+def test_schema_lists_every_output_feature_with_its_type(inputs, tmp_path):
+  prefix = tmp_path / "pairs"
+  summary = cli.run(_job(inputs, prefix, "--collision", "prefix", "--index_features"))
+  with open(summary["schema"], encoding="utf-8") as f:
+    schema = text_format.Parse(f.read(), schema_pb2.Schema())
+  types = {feature.name: feature.type for feature in schema.feature}
+  assert types == {"left_id": schema_pb2.INT, "left_vec": schema_pb2.FLOAT, "left_name": schema_pb2.BYTES,
+                   "left_index": schema_pb2.INT, "right_id": schema_pb2.INT, "right_tag": schema_pb2.BYTES,
+                   "right_w": schema_pb2.FLOAT, "right_index": schema_pb2.INT}
+  # The schema describes the records: parse them with a feature spec built from it.
+  spec = {name: tf.io.VarLenFeature({schema_pb2.INT: tf.int64, schema_pb2.FLOAT: tf.float32,
+                                      schema_pb2.BYTES: tf.string}[kind]) for name, kind in types.items()}
+  parsed = tf.io.parse_example(read_tfrecords(_shards(prefix)), spec)
+  assert parsed["right_tag"].dense_shape[0] == N_LEFT * N_RIGHT
+
+
+def _verify_flags(inputs, prefix):
+  return _job(inputs, prefix, "--collision", "prefix", "--strategy", "grid", "--target_shard_mb", "0.002")
+
+
+@pytest.fixture()
+def verified_output(inputs, tmp_path):
+  prefix = tmp_path / "pairs"
+  summary = cli.run(_verify_flags(inputs, prefix))
+  assert len(summary["shards"]) > 2
+  assert verify.main(_verify_flags(inputs, prefix)) == 0
+  return prefix, summary["shards"]
+
+
+def _frames(path):
+  data = open(path, "rb").read()
+  frames, at = [], 0
+  while at < len(data):
+    length = int.from_bytes(data[at:at + 8], "little")
+    frames.append(data[at:at + 16 + length])
+    at += 16 + length
+  return frames
+
+
+def _verify_error(inputs, prefix, capsys):
+  assert verify.main(_verify_flags(inputs, prefix)) == 1
+  return capsys.readouterr().err
+
+
+def test_verify_catches_a_dropped_record(inputs, verified_output, capsys):
+  prefix, shards = verified_output
+  frames = _frames(shards[1])
+  open(shards[1], "wb").write(b"".join(frames[:-1]))
+  assert f"{shards[1]} holds {len(frames) - 1} records, expected {len(frames)}" in _verify_error(
+      inputs, prefix, capsys)
+
+
+def test_verify_catches_a_duplicated_record(inputs, verified_output, capsys):
+  prefix, shards = verified_output
+  frames = _frames(shards[0])
+  open(shards[0], "wb").write(b"".join(frames + frames[:1]))
+  assert f"{shards[0]} holds {len(frames) + 1} records" in _verify_error(inputs, prefix, capsys)
+
+
+def test_verify_catches_a_flipped_byte(inputs, verified_output, capsys):
+  prefix, shards = verified_output
+  data = bytearray(open(shards[2], "rb").read())
+  data[20] ^= 0x40  # inside the first record's data: its CRC no longer matches
+  open(shards[2], "wb").write(bytes(data))
+  assert f"{shards[2]}: record 0 (byte 0): bad data CRC" in _verify_error(inputs, prefix, capsys)
+
+
+def test_verify_catches_a_swapped_but_valid_record(inputs, verified_output, capsys):
+  prefix, shards = verified_output
+  frames = _frames(shards[0])
+  open(shards[0], "wb").write(b"".join([frames[1], frames[0]] + frames[2:]))
+  assert f"{shards[0]}: record 0 is not the expected merged pair" in _verify_error(inputs, prefix, capsys)
+
+
+def test_verify_catches_a_missing_shard(inputs, verified_output, capsys):
+  prefix, shards = verified_output
+  os.remove(shards[-1])
+  assert f"missing shard {shards[-1]}" in _verify_error(inputs, prefix, capsys)
+
+
+def test_verify_checks_the_summary(inputs, verified_output, capsys):
+  prefix, _ = verified_output
+  summary_path = f"{prefix}-summary.json"
+  summary = json.load(open(summary_path))
+  summary["pairs"] += 1
+  json.dump(summary, open(summary_path, "w"))
+  assert "the summary says 36 pairs, the shards hold 35" in _verify_error(inputs, prefix, capsys)
