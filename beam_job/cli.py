@@ -6,20 +6,22 @@ submitting, and ``build`` assembles the pipeline from the reusable transforms.
 """
 
 import argparse
-import fnmatch
 import json
 import logging
+import math
 import os
+import re
 import sys
 import tempfile
 import uuid
 from typing import List, Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_job import describe, planning, progress, sinks, sources, transforms
+from beam_job import describe, planning, progress, quiet, sinks, sources, transforms
 from beam_job.errors import JobError, find_job_error
 
 _LOG = logging.getLogger("beam_job")
@@ -35,7 +37,7 @@ def _non_negative_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
   value = float(text)
-  if not value > 0:
+  if not (value > 0 and math.isfinite(value)):
     raise argparse.ArgumentTypeError(f"must be positive, not {text}")
   return value
 
@@ -96,13 +98,15 @@ def make_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _check_output(args, inputs: List[str]) -> None:
+def _check_output(args, patterns: List[str], inputs: List[str]) -> None:
   """Refuses an output that would clobber an earlier run or land among the inputs, before reading anything."""
-  probe = planning.shard_name(args.output, 0, 1, args.output_compression)
-  for pattern in sources.split_patterns(args.left) + sources.split_patterns(args.right or ""):
-    if fnmatch.fnmatch(probe, pattern) or fnmatch.fnmatch(sinks.summary_path(args.output), pattern):
+  output = sources.absolute(args.output)
+  written = [planning.shard_name(output, 0, 1, args.output_compression), sinks.summary_path(output)]
+  for pattern in patterns:
+    matches = re.compile(FileSystem.translate_pattern(pattern)).match  # Beam's glob: '*' stops at '/'
+    if any(matches(path) for path in written):
       raise JobError(f"--output {args.output!r} falls inside input pattern {pattern!r}; choose another prefix")
-  if any(path.startswith(args.output + "-") for path in inputs):
+  if any(path.startswith(output + "-") for path in inputs):
     raise JobError(f"--output {args.output!r} is the prefix of input files; choose another prefix")
   sinks.check_writable(args.output, uuid.uuid4().hex[:12])
   existing = sinks.existing_outputs(args.output)
@@ -159,17 +163,20 @@ def local_runner(options: PipelineOptions):
       beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
-def run(argv: Optional[List[str]] = None, _fail_cell=None) -> Optional[dict]:
+def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None) -> Optional[dict]:
   """Runs the job; returns its summary when the runner finished it (None when it only submitted it)."""
   args, beam_args = make_parser().parse_known_args(argv)
   if args.right and args.self_join:
     raise JobError("--self_join applies only when --right is omitted")
+  if args.right is not None and not sources.split_patterns(args.right):
+    raise JobError("--right names no file pattern; omit it to pair --left with itself")
+  patterns = sources.split_patterns(args.left) + sources.split_patterns(args.right or "")
   inputs = sources.match_files(sources.split_patterns(args.left), "--left")
   if args.right:
     inputs += sources.match_files(sources.split_patterns(args.right), "--right")
   if args.dry_run:
     return {"dry_run": dry_run(args, beam_args)}
-  _check_output(args, inputs)
+  _check_output(args, patterns, inputs)
   options = PipelineOptions(beam_args)
   runner_name = options.view_as(StandardOptions).runner
   runner = local_runner(options) if runner_name in _LOCAL_RUNNERS else None
@@ -180,7 +187,7 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None) -> Optional[dict]:
     pipeline.run()
     _LOG.info("submitted; the job publishes its shards and %s when it ends", sinks.summary_path(args.output))
     return None
-  with progress.FolderProgress(sinks.temp_dir(args.output, token)):
+  with progress.FolderProgress(sinks.temp_dir(args.output, token), progress_stream):
     state = pipeline.run().wait_until_finish()
   if state != beam.runners.runner.PipelineState.DONE:
     raise RuntimeError(f"pipeline ended in state {state}")
@@ -203,7 +210,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     handler.addFilter(_HideUserErrors())
   logging.getLogger("beam_job").setLevel(logging.INFO)
   try:
-    summary = run(argv)
+    with quiet.filtered_stderr() as terminal:
+      summary = run(argv, progress_stream=terminal if sys.stderr.isatty() else None)
   except Exception as e:  # pylint: disable=broad-except
     message = find_job_error(e)
     if message is None:

@@ -8,10 +8,10 @@ On Dataflow and Flink, the Beam counters (``beam_job:pairs_written``, ``bytes_wr
 
 import json
 import os
-import sys
 import threading
 from typing import Optional
 
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn, \
     TransferSpeedColumn
 
@@ -22,13 +22,14 @@ class FolderProgress:
   """Context manager showing progress while a local job writes into ``folder``; silent off a terminal."""
 
   def __init__(self, folder: str, stream=None):
+    """``stream``: the terminal to draw on; None (not a terminal) shows nothing."""
     self._folder = folder
-    self._stream = stream or sys.stderr
+    self._stream = stream
     self._stop = threading.Event()
     self._thread: Optional[threading.Thread] = None
 
   def __enter__(self):
-    if self._stream.isatty() and "://" not in self._folder:
+    if self._stream is not None and "://" not in self._folder:
       self._thread = threading.Thread(target=self._run, daemon=True)
       self._thread.start()
     return self
@@ -47,7 +48,8 @@ class FolderProgress:
   def _run(self):
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[pairs]}"),
                TransferSpeedColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, transient=True, console=None, refresh_per_second=2) as progress:
+    console = Console(file=self._stream, force_terminal=True)
+    with Progress(*columns, transient=True, console=console, refresh_per_second=2) as progress:
       task = progress.add_task("reading inputs", total=None, pairs="")
       plan = None
       while not self._stop.wait(_POLL_SECONDS):

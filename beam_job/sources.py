@@ -7,6 +7,7 @@ opened raw through Beam's ``FileSystems`` and decompressed here.
 
 import contextlib
 import gzip
+import os
 import zlib
 from typing import BinaryIO, Iterator, List, Sequence
 
@@ -20,12 +21,19 @@ COMPRESSIONS = ("auto", "uncompressed", "gzip", "zlib")
 _SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".zlib": "zlib", ".deflate": "zlib"}
 
 
+def absolute(path: str) -> str:
+  """Local paths made absolute (Beam cannot list the folder of a bare ``*.tfrecord``); URLs as they are."""
+  return os.path.abspath(path) if FileSystems.get_scheme(path) is None else path
+
+
 def split_patterns(value: str) -> List[str]:
-  return [pattern.strip() for pattern in value.split(",") if pattern.strip()]
+  return [absolute(pattern.strip()) for pattern in value.split(",") if pattern.strip()]
 
 
 def match_files(patterns: Sequence[str], flag: str) -> List[str]:
   """Every file the patterns match, sorted and without repeats; a pattern that matches nothing is an error."""
+  if not patterns:
+    raise JobError(f"{flag} names no file pattern")
   paths = set()
   for pattern in patterns:
     try:

@@ -8,6 +8,7 @@ records, ``index`` their position in it) and writes every pair's merged Example 
 import dataclasses
 import json
 import logging
+import math
 import uuid
 from typing import NamedTuple, Optional, Tuple
 
@@ -115,13 +116,14 @@ class _PrepareFn(beam.DoFn):
 
 
 class _SideStatsFn(beam.CombineFn):
-  """Counts good records per source, collects corrupt indexes, payload bytes and feature names."""
+  """Counts good records per source, collects corrupt indexes, payload bytes and feature names, and the
+  (count, max, sum) of each source's indexes, which show whether they are 0, 1, 2, ... as ordinals need."""
 
   def create_accumulator(self):
-    return {}, {}, 0, set()
+    return {}, {}, 0, set(), {}
 
   def add_input(self, acc, element):
-    good, bad, size, keys = acc
+    good, bad, size, keys, indexes = acc
     source, index, record = element
     if isinstance(record, Corrupt):
       bad.setdefault(source, []).append(index)
@@ -129,21 +131,30 @@ class _SideStatsFn(beam.CombineFn):
       good[source] = good.get(source, 0) + 1
       size += len(record.payload)
       keys.update(record.keys)
-    return good, bad, size, keys
+    count, top, total = indexes.get(source, (0, -1, 0))
+    indexes[source] = (count + 1, max(top, index), total + index)
+    return good, bad, size, keys, indexes
 
   def merge_accumulators(self, accumulators):
-    good, bad, size, keys = self.create_accumulator()
-    for g, b, s, k in accumulators:
+    good, bad, size, keys, indexes = self.create_accumulator()
+    for g, b, s, k, i in accumulators:
       for source, n in g.items():
         good[source] = good.get(source, 0) + n
-      for source, indexes in b.items():
-        bad.setdefault(source, []).extend(indexes)
+      for source, found in b.items():
+        bad.setdefault(source, []).extend(found)
+      for source, (count, top, total) in i.items():
+        c, t, s2 = indexes.get(source, (0, -1, 0))
+        indexes[source] = (c + count, max(t, top), s2 + total)
       size += s
       keys |= k
-    return good, bad, size, keys
+    return good, bad, size, keys, indexes
 
   def extract_output(self, acc):
-    good, bad, size, keys = acc
+    good, bad, size, keys, indexes = acc
+    for source, (count, top, total) in indexes.items():
+      if top != count - 1 or total != count * (count - 1) // 2:
+        raise JobError(f"the records of source {source!r} are not numbered 0, 1, 2, ... without gaps or repeats "
+                       f"({count} records, highest index {top}); CrossProduct needs such indexes")
     return planning.SideStats(good=dict(good), bad={s: tuple(sorted(i)) for s, i in bad.items()},
                               payload_bytes=size, keys=frozenset(keys))
 
@@ -245,6 +256,9 @@ class _FinalizeFn(beam.DoFn):
     results = sorted(results, key=lambda r: r["shard"])
     if [r["shard"] for r in results] != list(range(len(plan.cells))):
       raise RuntimeError(f"expected {len(plan.cells)} cells, got shards {[r['shard'] for r in results]}")
+    written = sum(r["pairs"] for r in results)
+    if plan.sample_rate >= 1 and written != plan.pairs:
+      raise RuntimeError(f"the cells wrote {written} pairs, the plan has {plan.pairs}")
     folder = sinks.temp_dir(output, self._token)
     count = plan.shard_count
     names = [planning.shard_name(output, shard, count, options.output_compression) for shard in range(count)]
@@ -317,6 +331,8 @@ class PairOptions:
       raise JobError(f"--max_pairs must be at least 0, not {self.max_pairs}")
     if not self.target_shard_mb > 0:
       raise JobError(f"--target_shard_mb must be positive, not {self.target_shard_mb}")
+    if not math.isfinite(self.target_shard_mb):
+      raise JobError(f"--target_shard_mb must be finite, not {self.target_shard_mb}")
     if not 0 < self.sample_rate <= 1:
       raise JobError(f"--sample_rate must be in (0, 1], not {self.sample_rate}")
     if not self.output:

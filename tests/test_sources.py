@@ -1,6 +1,7 @@
 """beam_job.sources: strict decompression, compression detection and file matching."""
 
 import gzip
+import os
 import zlib
 
 import pytest
@@ -217,7 +218,8 @@ def test_detect_compression(path, flag, expected):
 
 
 def test_split_patterns():
-  assert sources.split_patterns(" a*, ,b ,") == ["a*", "b"]
+  # Local patterns become absolute (Beam cannot list the folder of a bare "a*"); URLs stay as they are.
+  assert sources.split_patterns(" a*, ,gs://b/c ,") == [os.path.join(os.getcwd(), "a*"), "gs://b/c"]
   assert sources.split_patterns("") == []
 
 

@@ -1,0 +1,59 @@
+"""Keeps Beam's worker tracebacks of user errors off the terminal.
+
+When a DoFn raises ``JobError``, the CLI prints its one-line message. The in-process runner only logs the
+traceback (``cli._HideUserErrors`` drops that record), but SDK workers in other processes (multi-processing
+DirectRunner) or threads (PortableRunner) print it straight to file descriptor 2. This filter puts a pipe on
+descriptor 2 for the duration of the run and forwards everything except traceback blocks about a JobError.
+"""
+
+import contextlib
+import os
+import threading
+from typing import Iterator, List, TextIO
+
+_CHAIN_LINES = ("During handling of the above exception", "The above exception was the direct cause")
+
+
+def _forward(reader: TextIO, out: TextIO) -> None:
+  block: List[str] = []  # an open traceback block, held until its exception line tells what it is about
+  dropping = False  # the last block was about a JobError: drop the chain lines that follow it
+  for line in reader:
+    stripped = line.strip()
+    if line.startswith("Traceback (most recent call last)"):
+      block = [line]
+      continue
+    if block:
+      block.append(line)
+      if stripped and not line[0].isspace():  # the exception line closes the block
+        dropping = "JobError: " in "".join(block)
+        if not dropping:
+          out.write("".join(block))
+          out.flush()
+        block = []
+      continue
+    if dropping and (not stripped or stripped.startswith(_CHAIN_LINES)):
+      continue
+    dropping = False
+    out.write(line)
+    out.flush()
+  if block:
+    out.write("".join(block))
+    out.flush()
+
+
+@contextlib.contextmanager
+def filtered_stderr() -> Iterator[TextIO]:
+  """Yields a text stream on the real stderr (for progress displays) while descriptor 2 is filtered."""
+  saved = os.dup(2)
+  read_fd, write_fd = os.pipe()
+  os.dup2(write_fd, 2)
+  os.close(write_fd)
+  real = os.fdopen(os.dup(saved), "w", buffering=1)
+  thread = threading.Thread(target=_forward, args=(os.fdopen(read_fd, "r", errors="replace"), real), daemon=True)
+  thread.start()
+  try:
+    yield real
+  finally:
+    os.dup2(saved, 2)  # closes this process's last write end of the pipe: the thread sees its end
+    os.close(saved)
+    thread.join(timeout=5)  # a worker process still holding the pipe must not hold up the exit

@@ -1,0 +1,306 @@
+"""beam_job.transforms through Beam's TestPipeline: CrossProduct on PCollections of your own, and ReadExamples.
+
+Pipelines run on ``cli.local_runner`` (Beam's FnApiRunner, as the CLI uses it), never on the default
+DirectRunner, which in Beam 2.77 first tries to download Prism.
+"""
+
+import collections
+import json
+import os
+import struct
+
+import apache_beam as beam
+import pytest
+import tensorflow as tf
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+
+from beam_job import cli, transforms
+from beam_job.errors import JobError, find_job_error
+from beam_job.transforms import Corrupt, CrossProduct, ReadExamples
+from tests.helpers import make_example, parse, read_tfrecords, write_tfrecord
+
+TINY = 0.0001  # target_shard_mb: a pair or two per cell
+
+
+def _pipeline() -> test_pipeline.TestPipeline:
+  return test_pipeline.TestPipeline(runner=cli.local_runner(PipelineOptions([])), options=PipelineOptions([]))
+
+
+def _renamed(payload: bytes, prefix: str) -> tf.train.Example:
+  out = tf.train.Example()
+  for name, feat in parse(payload).features.feature.items():
+    out.features.feature[prefix + name].CopyFrom(feat)
+  return out
+
+
+def _merge(left: bytes, right: bytes, left_prefix="", right_prefix="") -> bytes:
+  lhs, rhs = _renamed(left, left_prefix), _renamed(right, right_prefix)
+  assert not set(lhs.features.feature) & set(rhs.features.feature)
+  merged = tf.train.Example()
+  merged.MergeFrom(lhs)
+  merged.MergeFrom(rhs)
+  return merged.features.SerializeToString(deterministic=True)
+
+
+def _in_order(elements) -> list:
+  """Payloads ordered as the job orders records: by source, then index; corrupt ones left out."""
+  return [payload for _, _, payload in sorted(elements, key=lambda e: (e[0], e[1]))
+          if isinstance(payload, bytes) and payload != b"\xff\xff\xff\xff"]
+
+
+def _nested_loop(left, right=None, self_join="product", **prefixes) -> collections.Counter:
+  lrec = _in_order(left)
+  rrec = lrec if right is None else _in_order(right)
+  out = collections.Counter()
+  for i, lpay in enumerate(lrec):
+    for j, rpay in enumerate(rrec):
+      if (self_join == "combinations" and j <= i) or (self_join == "combinations_with_replacement" and j < i):
+        continue
+      out[_merge(lpay, rpay, **prefixes)] += 1
+  return out
+
+
+def _read(summary, compression=None) -> collections.Counter:
+  return collections.Counter(parse(r).features.SerializeToString(deterministic=True)
+                             for r in read_tfrecords(summary["shards"], compression))
+
+
+def _summary_matcher(expected: dict):
+  """An assert_that matcher: exactly one summary, whose listed fields equal ``expected``."""
+
+  def check(actual):
+    if len(actual) != 1:
+      raise BeamAssertException(f"expected one summary, got {len(actual)}")
+    got = {key: actual[0].get(key) for key in expected}
+    if got != expected:
+      raise BeamAssertException(f"summary {got} != {expected}")
+
+  return check
+
+
+def _summary_file(output: str, expected: dict) -> dict:
+  """The summary the job wrote (the matcher runs on a pickled copy, so the test reads the file)."""
+  with open(output + "-summary.json") as f:
+    summary = json.load(f)
+  assert {key: summary[key] for key in expected} == expected
+  return summary
+
+
+def _counters(result) -> dict:
+  metrics = result.metrics().query(MetricsFilter().with_namespace(transforms.NAMESPACE))
+  return {c.key.metric.name: c.committed for c in metrics["counters"]}
+
+
+LEFT = [("b", 0, make_example({"l": [10], "bin": [b"\x00\x01"]})), ("b", 1, make_example({})),
+        ("a", 2, make_example({"l": [2 ** 63 - 1]})), ("a", 0, make_example({"l": [-2 ** 63], "f": [0.25]})),
+        ("a", 1, make_example({"bin": [bytes(range(200))]}))]
+RIGHT = [("r", 1, make_example({"r": [1]})), ("r", 0, make_example({"r": [0], "s": [b"\xff"]})),
+         ("r", 2, make_example({}))]
+
+
+def test_cross_product_of_two_collections_grid(tmp_path):
+  output = str(tmp_path / "pairs")
+  p = _pipeline()
+  summary = ((p | "Left" >> beam.Create(LEFT), p | "Right" >> beam.Create(RIGHT))
+             | CrossProduct(output, strategy="grid", target_shard_mb=TINY))
+  expected = {"pairs": 15, "strategy": "grid", "left_records": 5, "right_records": 3, "corrupt_records": 0,
+              "output": output}
+  assert_that(summary, _summary_matcher(expected))
+  result = p.run()
+  result.wait_until_finish()
+  holder = _summary_file(output, expected)
+  assert holder["grid"]["cells"] > 2 and len(holder["shards"]) == holder["grid"]["cells"]
+  assert holder["shards"] == [f"{output}-{i:05d}-of-{len(holder['shards']):05d}.tfrecord"
+                              for i in range(len(holder["shards"]))]
+  assert os.path.exists(output + "-summary.json")
+  assert _read(holder) == _nested_loop(LEFT, RIGHT)
+  counters = _counters(result)
+  assert counters == {"left_records": 5, "right_records": 3, "pairs_written": 15,
+                      "bytes_written": holder["record_bytes"]}
+  assert holder["record_bytes"] == holder["bytes"]  # uncompressed: the shards are exactly the frames
+
+
+def test_cross_product_auto_broadcasts_and_writes_gzip(tmp_path):
+  output = str(tmp_path / "pairs")
+  with _pipeline() as p:
+    summary = ((p | "Left" >> beam.Create(LEFT), p | "Right" >> beam.Create(RIGHT))
+               | CrossProduct(output, output_compression="gzip"))
+    expected = {"pairs": 15, "strategy": "broadcast", "shards": [f"{output}-00000-of-00001.tfrecord.gz"]}
+    assert_that(summary, _summary_matcher(expected))
+  holder = _summary_file(output, expected)
+  dataset = tf.data.TFRecordDataset(holder["shards"], compression_type="GZIP")
+  assert collections.Counter(parse(r.numpy()).features.SerializeToString(deterministic=True)
+                             for r in dataset) == _nested_loop(LEFT, RIGHT)
+
+
+@pytest.mark.parametrize("self_join,pairs", [("combinations", 66), ("combinations_with_replacement", 78),
+                                             ("product", 144)])
+def test_self_join_orders_by_source_then_numeric_index(tmp_path, self_join, pairs):
+  # Twelve records of one source: index 10 comes after index 9 (numeric, not text order), and the elements
+  # arrive shuffled. "a" sorts before "b", so a's records come first whatever the element order.
+  elements = [("b", i, make_example({"n": [i]})) for i in range(10)] + [("a", i, make_example({"m": [i]}))
+                                                                        for i in range(2)]
+  elements = elements[::3] + elements[1::3] + elements[2::3]
+  output = str(tmp_path / "pairs")
+  with _pipeline() as p:
+    summary = p | beam.Create(elements) | CrossProduct(output, collision="prefix", self_join=self_join,
+                                                       strategy="grid", target_shard_mb=TINY)
+    expected = {"pairs": pairs, "strategy": "grid", "left_records": 12, "right_records": 12}
+    assert_that(summary, _summary_matcher(expected))
+  holder = _summary_file(output, expected)
+  assert _read(holder) == _nested_loop(elements, None, self_join, left_prefix="left_", right_prefix="right_")
+
+
+def test_skip_counts_corrupt_elements_and_keeps_the_rest(tmp_path):
+  left = [("a", 0, make_example({"l": [0]})), ("a", 1, Corrupt(40, "bad data CRC")),
+          ("a", 2, make_example({"l": [2]})), ("a", 3, b"\xff\xff\xff\xff"), ("a", 4, make_example({"l": [4]}))]
+  output = str(tmp_path / "pairs")
+  p = _pipeline()
+  summary = ((p | "Left" >> beam.Create(left), p | "Right" >> beam.Create(RIGHT))
+             | CrossProduct(output, on_corrupt="skip", strategy="grid", target_shard_mb=TINY))
+  expected = {"pairs": 9, "left_records": 3, "right_records": 3, "corrupt_records": 2}
+  assert_that(summary, _summary_matcher(expected))
+  result = p.run()
+  result.wait_until_finish()
+  holder = _summary_file(output, expected)
+  corrupt = holder["corrupt"]
+  assert [(c["file"], c["record"], c["offset"], c["rest_of_file_lost"]) for c in corrupt] == [
+      ("a", 1, 40, False), ("a", 3, -1, False)]
+  assert corrupt[0]["problem"] == "bad data CRC"
+  assert corrupt[1]["problem"].startswith("payload is not a tf.train.Example")
+  assert _read(holder) == _nested_loop(left, RIGHT)
+  assert _counters(result)["corrupt_records"] == 2
+
+
+def test_fail_on_a_payload_that_is_not_an_example(tmp_path):
+  left = [("a", 0, make_example({"l": [0]})), ("a", 1, b"\xff\xff\xff\xff")]
+  output = str(tmp_path / "pairs")
+  p = _pipeline()
+  _ = (p | "Left" >> beam.Create(left), p | "Right" >> beam.Create(RIGHT)) | CrossProduct(output)
+  with pytest.raises(Exception) as info:
+    p.run().wait_until_finish()
+  message = find_job_error(info.value)
+  assert message.startswith("corrupt input a: record 1: payload is not a tf.train.Example (")
+  assert message.endswith("(--on_corrupt skip leaves it out)")
+  assert os.listdir(tmp_path) == []
+
+
+def test_collision_error_inside_the_pipeline(tmp_path):
+  output = str(tmp_path / "pairs")
+  p = _pipeline()
+  _ = p | beam.Create(RIGHT) | CrossProduct(output)  # a self-join without prefixes: every name collides
+  with pytest.raises(Exception) as info:
+    p.run().wait_until_finish()
+  assert find_job_error(info.value) == ("2 feature name(s) exist on both sides: 'r', 's'; choose how to merge them "
+                                        "with --collision prefix|left|right")
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(collision="both"), "--collision must be one of error, prefix, left, right, not 'both'"),
+    (dict(self_join="pairs"), "--self_join must be one of product, combinations, combinations_with_replacement"),
+    (dict(on_corrupt="ignore"), "--on_corrupt must be one of fail, skip, not 'ignore'"),
+    (dict(strategy="fast"), "--strategy must be one of auto, broadcast, grid, not 'fast'"),
+    (dict(output_compression="zlib"), "--output_compression must be one of uncompressed, gzip, not 'zlib'"),
+    (dict(max_pairs=-1), "--max_pairs must be at least 0, not -1"),
+    (dict(target_shard_mb=0), "--target_shard_mb must be positive, not 0"),
+])
+def test_cross_product_rejects_bad_options(kwargs, message):
+  with pytest.raises(JobError) as info:
+    CrossProduct("/tmp/never-written", **kwargs)
+  assert str(info.value).startswith(message)
+
+
+def test_cross_product_rejects_empty_output_and_self_join_with_two_inputs():
+  with pytest.raises(JobError, match="--output must name a prefix"):
+    CrossProduct("")
+  p = _pipeline()
+  with pytest.raises(JobError, match="--self_join applies only when --right is omitted"):
+    _ = (p | "L" >> beam.Create(LEFT), p | "R" >> beam.Create(RIGHT)) | CrossProduct("/tmp/x", self_join="combinations")
+
+
+# --- ReadExamples ------------------------------------------------------------------------------------------
+
+
+def _files(tmp_path):
+  folder = tmp_path / "in"
+  folder.mkdir()
+  b = [make_example({"b": [i]}) for i in range(2)]
+  a = [make_example({"a": [i], "bin": [bytes([i, 255 - i])]}) for i in range(3)] + [make_example({})]
+  return {write_tfrecord(folder / "b.tfrecord", b): b, write_tfrecord(folder / "a.tfrecord.gz", a, "gzip"): a}
+
+
+def test_read_examples_yields_path_index_payload(tmp_path):
+  files = _files(tmp_path)
+  folder = tmp_path / "in"
+  expected = [(path, i, payload) for path, payloads in files.items() for i, payload in enumerate(payloads)]
+  with _pipeline() as p:
+    # Overlapping patterns: every file is still read once.
+    read = p | ReadExamples([f"{folder}/*.tfrecord", f"{folder}/a*", f"{folder}/b.tfrecord", f"{folder}/*"])
+    assert_that(read, equal_to(expected))
+
+
+def test_read_examples_skip_marks_a_bad_frame(tmp_path):
+  files = _files(tmp_path)
+  path = next(p for p in files if p.endswith("b.tfrecord"))
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
+  second = 16 + struct.unpack_from("<Q", data, 0)[0]
+  data[second + 12 + 1] ^= 0x40
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+  with _pipeline() as p:
+    read = p | ReadExamples([path], on_corrupt="skip")
+    assert_that(read, equal_to([(path, 0, files[path][0]), (path, 1, Corrupt(second, "bad data CRC", False))]))
+  p = _pipeline()
+  _ = p | ReadExamples([path])
+  with pytest.raises(Exception) as info:
+    p.run().wait_until_finish()
+  assert find_job_error(info.value) == (f"corrupt input {path}: record 1 (byte {second}): bad data CRC "
+                                        "(--on_corrupt skip leaves it out)")
+
+
+def test_read_examples_compression_flag(tmp_path):
+  folder = tmp_path / "in"
+  folder.mkdir()
+  payloads = [make_example({"z": [i]}) for i in range(3)]
+  path = write_tfrecord(folder / "z.data", payloads, "zlib")
+  with _pipeline() as p:
+    assert_that(p | ReadExamples([path], compression="zlib"), equal_to([(path, i, x) for i, x in enumerate(payloads)]))
+
+
+def test_read_examples_rejects_bad_options():
+  with pytest.raises(JobError, match="--compression must be one of auto, uncompressed, gzip, zlib, not 'bz2'"):
+    ReadExamples(["x"], compression="bz2")
+  with pytest.raises(JobError, match="--on_corrupt must be one of fail, skip, not 'drop'"):
+    ReadExamples(["x"], on_corrupt="drop")
+
+
+def test_read_examples_into_cross_product(tmp_path):
+  files = _files(tmp_path)
+  output = str(tmp_path / "out" / "pairs")
+  with _pipeline() as p:
+    records = p | ReadExamples([str(tmp_path / "in" / "*")])
+    summary = records | CrossProduct(output, collision="prefix", self_join="combinations", strategy="broadcast",
+                                     target_shard_mb=TINY)
+    expected = {"pairs": 15, "left_records": 6, "strategy": "broadcast"}
+    assert_that(summary, _summary_matcher(expected))
+  holder = _summary_file(output, expected)
+  elements = [(path, i, x) for path, payloads in files.items() for i, x in enumerate(payloads)]
+  assert _read(holder) == _nested_loop(elements, None, "combinations", left_prefix="left_", right_prefix="right_")
+
+
+@pytest.mark.parametrize("indexes", [[1, 2, 3], [0, 5, 10], [0, 0, 3]], ids=["one_based", "gaps", "repeats"])
+def test_indexes_must_number_each_source_from_zero(tmp_path, indexes):
+  """Ordinals are offset + index, so each source's indexes must be 0, 1, 2, ...: anything else is refused
+  before any output is written (it would otherwise drop or repeat pairs silently)."""
+  left = [("a", i, make_example({"l": [i]})) for i in indexes]
+  right = [("r", j, make_example({"r": [j]})) for j in range(2)]
+  output = str(tmp_path / "pairs")
+  with pytest.raises(Exception, match=r"records of source 'a' are not numbered 0, 1, 2, \.\.\. without gaps"):
+    with _pipeline() as p:
+      _ = (p | "Left" >> beam.Create(left), p | "Right" >> beam.Create(right)) | CrossProduct(output)
+  assert not os.listdir(tmp_path) or all("-temp-" in name for name in os.listdir(tmp_path))
