@@ -23,6 +23,7 @@ def plan_description(plan: planning.Plan, options) -> dict:
       "shards": plan.shard_count,
       "first_shard": planning.shard_name(options.output, 0, plan.shard_count, options.output_compression),
       "strategy": plan.strategy,
+      "shuffle_bytes": plan.shuffle_bytes,
       "grid": {"rows": plan.rows, "cols": plan.cols, "row_chunk": plan.row_chunk, "col_chunk": plan.col_chunk,
                "cells": len(plan.cells)},
       "collision_policy": options.collision,
@@ -43,7 +44,8 @@ def to_text(description: dict) -> str:
       f"pairs:          {description['pairs']:,}{sampled}",
       f"output:         ~{description['estimated_bytes'] / 1e6:,.1f} MB in {description['shards']:,} shard(s), "
       f"e.g. {description['first_shard']}",
-      f"strategy:       {description['strategy']}",
+      f"strategy:       {description['strategy']} (~{description['shuffle_bytes'] / 1e6:,.1f} MB of records "
+      "moved between stages)",
       f"cell grid:      {grid['rows']} x {grid['cols']} chunks of {grid['row_chunk']:,} x {grid['col_chunk']:,} "
       f"records, {grid['cells']} non-empty cell(s)",
       f"collisions:     {description['collisions']} (--collision {description['collision_policy']})",

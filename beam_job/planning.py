@@ -77,6 +77,16 @@ class Plan:
   pairs: int  # expected when sampling
   estimated_bytes: int
   sample_rate: float = 1.0
+  side_bytes: Tuple[int, int] = (0, 0)  # encoded records of each side
+
+  @property
+  def shuffle_bytes(self) -> int:
+    """Record bytes moved between stages to build the cells (never the pairs themselves): grid sends each
+    left record to every column of its row and each right record to every row of its column; broadcast
+    groups the left side once and hands the whole right side to each worker as a side input (counted once)."""
+    if self.strategy == "broadcast":
+      return self.side_bytes[0] + self.side_bytes[1]
+    return self.side_bytes[0] * self.cols + self.side_bytes[1] * self.rows
 
   @property
   def rows(self) -> int:
@@ -196,4 +206,5 @@ def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Op
   return Plan(strategy=strategy, self_join=self_join, left_count=n, right_count=m, row_chunk=row_chunk,
               col_chunk=col_chunk, cells=tuple(cells), offsets=(_offsets(left.good), _offsets(right.good)),
               bad=(dict(left.bad), dict(right.bad)), collisions=collisions, pairs=pairs,
-              estimated_bytes=int(pairs * pair_bytes), sample_rate=sample_rate)
+              estimated_bytes=int(pairs * pair_bytes), sample_rate=sample_rate,
+              side_bytes=(left.payload_bytes, right.payload_bytes))

@@ -283,6 +283,7 @@ class _FinalizeFn(beam.DoFn):
         "strategy": plan.strategy,
         "grid": {"rows": plan.rows, "cols": plan.cols, "row_chunk": plan.row_chunk,
                  "col_chunk": plan.col_chunk, "cells": len(plan.cells)},
+        "shuffle_bytes": plan.shuffle_bytes,
         "collisions": list(plan.collisions),
         "options": options.summary(self._self_join),
     }
