@@ -130,7 +130,7 @@ def test_corrupt_input_fails_with_file_and_position_and_no_output(small, tmp_pat
 def test_plain_file_read_as_gzip_is_a_clear_error(small, tmp_path, capsys):
   prefix = tmp_path / "out" / "pairs"
   _fails(capsys, ["--left", small["left"], "--right", small["right"], "--output", str(prefix), "--compression",
-                  "gzip"], "left.tfrecord: record 0", "cannot decompress gzip data", "Not a gzipped file")
+                  "gzip"], ".tfrecord: record 0", "cannot decompress gzip data", "Not a gzipped file")
   assert _outputs(prefix.parent) == []
 
 
