@@ -168,14 +168,20 @@ class _FeatureTypesFn(beam.DoFn):
     from tfx_bsl.coders import example_coder  # pylint: disable=import-outside-toplevel
     self._decoder = example_coder.ExamplesToRecordBatchDecoder()
 
-  def process(self, payloads):
-    batch = self._decoder.DecodeBatch([examples.example_bytes(p, b"") for p in payloads])
+  def _types(self, records):
     types = {}
-    for field in batch.schema:
+    for field in self._decoder.DecodeBatch(records).schema:
       value_type = getattr(field.type, "value_type", None)  # a null column: the feature never had values
       if value_type is not None:
-        types[field.name] = {self._ARROW.get(str(value_type), str(value_type))}
-    yield types
+        types.setdefault(field.name, set()).add(self._ARROW.get(str(value_type), str(value_type)))
+    return types
+
+  def process(self, payloads):
+    records = [examples.example_bytes(p, b"") for p in payloads]
+    try:
+      yield self._types(records)
+    except RuntimeError:  # a feature with different types in one batch: the decoder refuses the batch
+      yield _merge_types(self._types([record]) for record in records)
 
 
 def _merge_types(dicts):

@@ -209,3 +209,14 @@ def test_verify_checks_the_summary(inputs, verified_output, capsys):
   summary["pairs"] += 1
   json.dump(summary, open(summary_path, "w"))
   assert "the summary says 36 pairs, the shards hold 35" in _verify_error(inputs, prefix, capsys)
+
+
+def test_schema_of_a_feature_with_several_types_has_no_type(tmp_path):
+  left = write_tfrecord(str(tmp_path / "left.tfrecord"),
+                        [make_example({"c": [1]}), make_example({"c": [b"x"]}), make_example({"d": [1.5]})])
+  right = write_tfrecord(str(tmp_path / "right.tfrecord"), [make_example({"e": [2]})])
+  summary = cli.run(["--left", left, "--right", right, "--output", str(tmp_path / "pairs")])
+  assert summary["pairs"] == 3
+  schema = text_format.Parse(open(summary["schema"]).read(), schema_pb2.Schema())
+  assert {f.name: f.HasField("type") and f.type for f in schema.feature} == {
+      "c": False, "d": schema_pb2.FLOAT, "e": schema_pb2.INT}
