@@ -272,3 +272,34 @@ def test_io_error_is_not_reported_as_corrupt_data(tmp_path):
   missing = str(tmp_path / "vanished.tfrecord")
   with pytest.raises(OSError):
     list(sources.read_file(missing, "auto"))
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from tests.test_tfrecord import FUZZ_EXAMPLES  # noqa: E402
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=30), max_size=4), st.sampled_from(["gzip", "zlib"]), st.data())
+def test_fuzz_mutated_compressed_files(tmp_path, payloads, kind, data):
+  """Any damage to a compressed file gives records and, at most, the project's own problem records."""
+  raw = b"".join(tfrecord.frame(p) for p in payloads)
+  blob = bytearray(gzip.compress(raw, mtime=0) if kind == "gzip" else zlib.compress(raw))
+  for _ in range(data.draw(st.integers(1, 3))):
+    at = data.draw(st.integers(0, len(blob) - 1))
+    op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+    if op == "flip":
+      blob[at] ^= 1 << data.draw(st.integers(0, 7))
+    elif op == "cut":
+      del blob[at:]
+    else:
+      blob[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+    if not blob:
+      break
+  path = tmp_path / f"fuzz.tfrecord.{'gz' if kind == 'gzip' else 'zlib'}"
+  path.write_bytes(bytes(blob))
+  records = list(sources.read_file(str(path), "auto"))  # never raises
+  for i, record in enumerate(records):
+    assert (record.payload is None) == bool(record.problem)
+    if record.rest_lost:
+      assert i == len(records) - 1

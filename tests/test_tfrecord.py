@@ -224,13 +224,17 @@ def _check_invariants(data: bytes):
   return records
 
 
-@settings(max_examples=200, deadline=None)
+# A longer fuzz run: FUZZ_EXAMPLES=200000 .venv/bin/python -m pytest -q tests -k fuzz
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(st.binary(max_size=200))
 def test_fuzz_random_bytes(data):
   _check_invariants(data)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(st.lists(st.binary(max_size=40), min_size=1, max_size=5), st.data())
 def test_fuzz_mutated_frames(payloads, data):
   raw = bytearray(frames(*payloads))
