@@ -28,6 +28,7 @@ _TIMEOUT = 240
 
 RUNNERS = {
     "direct": [],
+    "multi_threading": ["--direct_running_mode=multi_threading", "--direct_num_workers=2"],
     "multi_processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
     "portable": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
 }
@@ -173,12 +174,9 @@ def test_explicit_direct_runner_does_not_try_prism(inputs):
 @pytest.mark.parametrize("runner", list(RUNNERS))
 def test_user_error_message_on_every_runner(inputs, tmp_path, runner):
   """A corrupt record fails the job on every runner with the same one-line message (with multi-processing the
-  error crosses a process boundary as text), no traceback, and no shard and no summary.
-
-  BUG on multi_processing and portable: Beam's ``SdkWorker._execute`` (apache_beam/runners/worker/
-  sdk_worker.py, ``print(traceback_string, file=sys.stderr)``) prints the worker's traceback straight to
-  stderr, past any logging filter: in this process for LOOPBACK, in the worker subprocess (which shares the
-  terminal's stderr) for multi_processing."""
+  error crosses a process boundary as text), no traceback, and no shard and no summary. (Beam's
+  ``SdkWorker._execute`` prints worker tracebacks straight to descriptor 2, past any logging filter;
+  ``beam_job.quiet`` filters that descriptor.)"""
   bad = tmp_path / "bad.tfrecord"
   write_tfrecord(bad, L1)
   with open(bad, "r+b") as f:
