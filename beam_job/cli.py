@@ -6,6 +6,7 @@ submitting, and ``build`` assembles the pipeline from the reusable transforms.
 """
 
 import argparse
+import difflib
 import json
 import logging
 import math
@@ -98,6 +99,30 @@ def make_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _beam_flags() -> set:
+  """Every flag some registered Beam ``PipelineOptions`` class defines."""
+  collector = argparse.ArgumentParser(add_help=False, conflict_handler="resolve")
+  pending = list(PipelineOptions.__subclasses__())
+  while pending:
+    options_class = pending.pop()
+    pending.extend(options_class.__subclasses__())
+    options_class._add_argparse_args(collector)  # pylint: disable=protected-access
+  return {flag for action in collector._actions for flag in action.option_strings}  # pylint: disable=protected-access
+
+
+def _check_beam_flags(parser: argparse.ArgumentParser, beam_args: List[str]) -> None:
+  """A flag that neither the job nor Beam knows and that looks like one of the job's is a typo: Beam would only
+  warn and drop it, and the job would run with the default."""
+  ours = [flag for action in parser._actions for flag in action.option_strings]  # pylint: disable=protected-access
+  known = _beam_flags()
+  for arg in beam_args:
+    flag = arg.split("=", 1)[0]
+    if flag.startswith("--") and flag not in known:
+      close = difflib.get_close_matches(flag, ours, n=1, cutoff=0.8)
+      if close:
+        raise JobError(f"unknown flag {flag}; did you mean {close[0]}?")
+
+
 def _check_output(args, patterns: List[str], inputs: List[str]) -> None:
   """Refuses an output that would clobber an earlier run or land among the inputs, before reading anything."""
   output = sources.absolute(args.output)
@@ -165,15 +190,18 @@ def local_runner(options: PipelineOptions):
 
 def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None) -> Optional[dict]:
   """Runs the job; returns its summary when the runner finished it (None when it only submitted it)."""
-  args, beam_args = make_parser().parse_known_args(argv)
+  parser = make_parser()
+  args, beam_args = parser.parse_known_args(argv)
+  _check_beam_flags(parser, beam_args)
   if args.right and args.self_join:
     raise JobError("--self_join applies only when --right is omitted")
-  if args.right is not None and not sources.split_patterns(args.right):
+  left_patterns, right_patterns = sources.split_patterns(args.left), sources.split_patterns(args.right or "")
+  if args.right is not None and not right_patterns:
     raise JobError("--right names no file pattern; omit it to pair --left with itself")
-  patterns = sources.split_patterns(args.left) + sources.split_patterns(args.right or "")
-  inputs = sources.match_files(sources.split_patterns(args.left), "--left")
+  inputs = sources.match_files(left_patterns, "--left")
   if args.right:
-    inputs += sources.match_files(sources.split_patterns(args.right), "--right")
+    inputs += sources.match_files(right_patterns, "--right")
+  patterns = left_patterns + right_patterns
   if args.dry_run:
     return {"dry_run": dry_run(args, beam_args)}
   _check_output(args, patterns, inputs)

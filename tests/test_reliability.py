@@ -235,3 +235,14 @@ def test_load_ten_files_per_side_64_cells_two_processes(tmp_path):
   assert verify.main(argv) == 0
   peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
   print(f"load run: {summary['grid']['cells']} cells, peak RSS of a process {max(peak, before) / 1024:.0f} MB")
+
+
+def test_a_misspelled_job_flag_is_an_error_not_a_dropped_beam_option(small, tmp_path, capsys):
+  prefix = tmp_path / "pairs"
+  _fails(capsys, ["--left", small["left"], "--right", small["right"], "--output", str(prefix), "--colision",
+                  "prefix"], "unknown flag --colision; did you mean --collision?")
+  assert _outputs(tmp_path) == []
+  # Beam's own options, and ones the job does not know but Beam does, still pass.
+  summary = cli.run(["--left", small["left"], "--right", small["right"], "--output", str(prefix), "--labels",
+                     "team=ml", "--project", "p", "--job_name", "pairs"])
+  assert summary["pairs"] == 24
