@@ -237,6 +237,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   for handler in logging.getLogger().handlers:
     handler.addFilter(_HideUserErrors())
   logging.getLogger("beam_job").setLevel(logging.INFO)
+  # Dataflow's submission lines ("Created job with id", the console URL): Airflow's Beam operator reads them.
+  logging.getLogger("apache_beam.runners.dataflow.internal.apiclient").setLevel(logging.INFO)
   try:
     with quiet.filtered_stderr() as terminal:
       summary = run(argv, progress_stream=terminal if sys.stderr.isatty() else None)
