@@ -239,9 +239,10 @@ def main(argv: Optional[List[str]] = None) -> int:
   logging.getLogger("beam_job").setLevel(logging.INFO)
   # Dataflow's submission lines ("Created job with id", the console URL): Airflow's Beam operator reads them.
   logging.getLogger("apache_beam.runners.dataflow.internal.apiclient").setLevel(logging.INFO)
+  on_terminal = sys.stderr.isatty()  # asked before descriptor 2 becomes the filter's pipe
   try:
     with quiet.filtered_stderr() as terminal:
-      summary = run(argv, progress_stream=terminal if sys.stderr.isatty() else None)
+      summary = run(argv, progress_stream=terminal if on_terminal else None)
   except Exception as e:  # pylint: disable=broad-except
     message = find_job_error(e)
     if message is None:
