@@ -8,7 +8,7 @@ import bisect
 import dataclasses
 import functools
 import math
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, Optional, Tuple
 
 from beam_job.errors import JobError
 

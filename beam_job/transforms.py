@@ -14,8 +14,6 @@ from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsList, AsSingleton
 
 from beam_job import cells, describe, examples, output_schema, planning, sinks, sources

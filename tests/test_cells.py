@@ -4,7 +4,6 @@ import io
 import itertools
 
 import pytest
-import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 from beam_job import cells, examples, tfrecord

@@ -5,11 +5,11 @@ import struct
 
 import pytest
 import tensorflow as tf
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from beam_job import example_proto, examples
 from beam_job.examples import Prepared, example_bytes, parse_example, prepare, varint, without
-from tests.helpers import canonical, example_proto as tf_example, make_example, parse, proto_merge, renamed, to_dict
+from tests.helpers import canonical, make_example, parse, proto_merge, renamed, to_dict
 
 INT64 = st.integers(-2 ** 63, 2 ** 63 - 1)
 FLOAT32 = st.floats(width=32, allow_nan=True, allow_infinity=True)

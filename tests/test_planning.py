@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from beam_job import planning
 from beam_job.errors import JobError
-from beam_job.planning import Plan, SideStats, cell_pairs, make_plan, shard_name, total_pairs
+from beam_job.planning import SideStats, cell_pairs, make_plan, shard_name, total_pairs
 
 MODES = [None, "product", "combinations", "combinations_with_replacement"]
 
