@@ -222,6 +222,7 @@ class _WriteCellFn(beam.DoFn):
     self._token = token
     self._self_join = self_join
     self._fail_cell = fail_cell  # test hook: a cell (row, col) that raises half-way through
+    self._broadcast_from, self._broadcast = None, None
     self._pairs = beam.metrics.Metrics.counter(NAMESPACE, "pairs_written")
     self._bytes = beam.metrics.Metrics.counter(NAMESPACE, "bytes_written")
 
@@ -229,7 +230,9 @@ class _WriteCellFn(beam.DoFn):
     cell, members = element
     left = sorted(((ordinal, record) for side, ordinal, record in members if side == 0), key=lambda m: m[0])
     if plan.strategy == "broadcast":
-      right = sorted(broadcast, key=lambda m: m[0])
+      if self._broadcast_from is not broadcast:  # the runner hands the same side input to a bundle's cells
+        self._broadcast_from, self._broadcast = broadcast, sorted(broadcast, key=lambda m: m[0])
+      right = self._broadcast
     else:
       right = sorted(((ordinal, record) for side, ordinal, record in members if side == 1), key=lambda m: m[0])
     shard = plan.cell_shards[cell]
