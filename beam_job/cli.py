@@ -201,6 +201,8 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None)
   inputs = sources.match_files(left_patterns, "--left")
   if args.right:
     inputs += sources.match_files(right_patterns, "--right")
+  for path in inputs:
+    sources.check_supported(path, args.compression)
   patterns = left_patterns + right_patterns
   if args.dry_run:
     return {"dry_run": dry_run(args, beam_args)}

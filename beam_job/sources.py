@@ -1,12 +1,15 @@
 """Finding and opening input files on any Beam filesystem, with strict decompression.
 
 Beam's ``CompressedFile`` treats a gzip stream that is cut off as a clean end of file, so records would
-vanish silently; Python's ``gzip`` and ``zlib`` modules check that the stream really ended, so inputs are
-opened raw through Beam's ``FileSystems`` and decompressed here.
+vanish silently; Python's ``gzip``, ``zlib``, ``bz2`` and ``lzma`` modules tell whether the stream really
+ended, so inputs are opened raw through Beam's ``FileSystems`` and decompressed here. ``--compression auto``
+knows Beam's extensions; zstd is refused, since its stream reader cannot tell a cut file from a whole one.
 """
 
+import bz2
 import contextlib
 import gzip
+import lzma
 import os
 import zlib
 from typing import BinaryIO, Iterator, List, Sequence
@@ -18,7 +21,9 @@ from beam_job import tfrecord
 from beam_job.errors import JobError
 
 COMPRESSIONS = ("auto", "uncompressed", "gzip", "zlib")
-_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".zlib": "zlib", ".deflate": "zlib"}
+# Beam's extensions (``CompressionTypes.detect_compression_type``) and the usual ones of xz.
+_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".zlib": "zlib", ".deflate": "zlib", ".bz2": "bzip2", ".lzma": "lzma",
+             ".xz": "lzma", ".zst": "zstd", ".zstd": "zstd"}
 
 
 def absolute(path: str) -> str:
@@ -55,20 +60,51 @@ def detect_compression(path: str, compression: str) -> str:
   return "uncompressed"
 
 
-class _ZlibReader:
-  """A read-only stream over zlib-compressed bytes that fails when the stream is cut off."""
+def check_supported(path: str, compression: str) -> None:
+  if detect_compression(path, compression) == "zstd":
+    raise JobError(f"{path}: zstd input is not supported (its stream reader cannot tell a cut-off file from a "
+                   "complete one); decompress it, or recompress it with gzip")
 
-  def __init__(self, raw: BinaryIO):
+
+class BadCompressedData(Exception):
+  """The compressed stream is damaged or cut off."""
+
+
+_DECOMPRESSORS = {"zlib": zlib.decompressobj, "bzip2": bz2.BZ2Decompressor, "lzma": lzma.LZMADecompressor}
+_DECOMPRESS_ERRORS = (zlib.error, OSError, lzma.LZMAError, EOFError)
+
+
+class _StrictReader:
+  """A read-only stream over zlib, bzip2 or xz/lzma data that fails when the stream is damaged or cut off.
+
+  bzip2 and xz files may hold several streams one after the other (pbzip2, xz -T): each is read in turn.
+  Bytes after the end of a zlib stream are ignored, as TensorFlow's reader does.
+  """
+
+  def __init__(self, raw: BinaryIO, kind: str):
     self._raw = raw
-    self._inflate = zlib.decompressobj()
+    self._kind = kind
+    self._decompressor = _DECOMPRESSORS[kind]()
     self._buffer = bytearray()
 
+  def _fill(self, size: int) -> None:
+    while len(self._buffer) < size:
+      if self._decompressor.eof:
+        rest = self._decompressor.unused_data or self._raw.read(1 << 20)
+        if self._kind == "zlib" or not rest:
+          return
+        self._decompressor = _DECOMPRESSORS[self._kind]()
+      else:
+        rest = self._raw.read(1 << 20)
+        if not rest:
+          raise BadCompressedData(f"{self._kind} stream ended before its end marker")
+      try:
+        self._buffer += self._decompressor.decompress(rest)
+      except _DECOMPRESS_ERRORS as e:
+        raise BadCompressedData(str(e)) from None
+
   def read(self, size: int) -> bytes:
-    while len(self._buffer) < size and not self._inflate.eof:
-      chunk = self._raw.read(1 << 20)
-      if not chunk:
-        raise EOFError("zlib stream ended before its end marker")
-      self._buffer += self._inflate.decompress(chunk)
+    self._fill(size)
     out = bytes(self._buffer[:size])
     del self._buffer[:size]
     return out
@@ -96,8 +132,9 @@ def open_input(path: str, compression: str, stack: contextlib.ExitStack) -> Bina
   kind = detect_compression(path, compression)
   if kind == "gzip":
     return stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
-  if kind == "zlib":
-    return stack.enter_context(contextlib.closing(_ZlibReader(raw)))
+  if kind in _DECOMPRESSORS:
+    return stack.enter_context(contextlib.closing(_StrictReader(raw, kind)))
+  check_supported(path, compression)
   return raw
 
 
@@ -118,5 +155,5 @@ def read_file(path: str, compression: str) -> Iterator[tfrecord.Record]:
           record = record._replace(problem=record.problem + " (if the file is compressed, set --compression)")
         yield record
         index, offset = record.index + 1, stream.count  # the frame was read to its end
-  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+  except (EOFError, gzip.BadGzipFile, zlib.error, BadCompressedData) as e:
     yield tfrecord.Record(index, offset, None, f"cannot decompress {kind} data: {e}", True)

@@ -246,3 +246,19 @@ def test_a_misspelled_job_flag_is_an_error_not_a_dropped_beam_option(small, tmp_
   summary = cli.run(["--left", small["left"], "--right", small["right"], "--output", str(prefix), "--labels",
                      "team=ml", "--project", "p", "--job_name", "pairs"])
   assert summary["pairs"] == 24
+
+
+def test_zstd_input_is_refused_before_reading(small, tmp_path, capsys):
+  path = tmp_path / "left.tfrecord.zst"
+  path.write_bytes(b"\x28\xb5\x2f\xfd\x00")
+  _fails(capsys, ["--left", str(path), "--right", small["right"], "--output", str(tmp_path / "out" / "pairs")],
+         "left.tfrecord.zst: zstd input is not supported")
+  assert _outputs(tmp_path / "out") == []
+
+
+def test_bz2_input_through_the_job(small, tmp_path):
+  import bz2  # pylint: disable=import-outside-toplevel
+  path = tmp_path / "left.tfrecord.bz2"
+  path.write_bytes(bz2.compress(open(small["left"], "rb").read()))
+  summary = cli.run(["--left", str(path), "--right", small["right"], "--output", str(tmp_path / "pairs")])
+  assert summary["pairs"] == 24 and len(read_tfrecords(summary["shards"])) == 24

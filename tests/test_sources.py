@@ -280,11 +280,14 @@ from tests.test_tfrecord import FUZZ_EXAMPLES  # noqa: E402
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.binary(max_size=30), max_size=4), st.sampled_from(["gzip", "zlib"]), st.data())
+@given(st.lists(st.binary(max_size=30), max_size=4), st.sampled_from(["gzip", "zlib", "bz2", "xz"]), st.data())
 def test_fuzz_mutated_compressed_files(tmp_path, payloads, kind, data):
   """Any damage to a compressed file gives records and, at most, the project's own problem records."""
   raw = b"".join(tfrecord.frame(p) for p in payloads)
-  blob = bytearray(gzip.compress(raw, mtime=0) if kind == "gzip" else zlib.compress(raw))
+  import bz2 as bz2_module, lzma as lzma_module  # pylint: disable=import-outside-toplevel
+  compress = {"gzip": lambda b: gzip.compress(b, mtime=0), "zlib": zlib.compress, "bz2": bz2_module.compress,
+              "xz": lzma_module.compress}[kind]
+  blob = bytearray(compress(raw))
   for _ in range(data.draw(st.integers(1, 3))):
     at = data.draw(st.integers(0, len(blob) - 1))
     op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
@@ -296,10 +299,48 @@ def test_fuzz_mutated_compressed_files(tmp_path, payloads, kind, data):
       blob[at:at] = data.draw(st.binary(min_size=1, max_size=4))
     if not blob:
       break
-  path = tmp_path / f"fuzz.tfrecord.{'gz' if kind == 'gzip' else 'zlib'}"
+  path = tmp_path / f"fuzz.tfrecord.{'gz' if kind == 'gzip' else kind}"
   path.write_bytes(bytes(blob))
   records = list(sources.read_file(str(path), "auto"))  # never raises
   for i, record in enumerate(records):
     assert (record.payload is None) == bool(record.problem)
     if record.rest_lost:
       assert i == len(records) - 1
+
+
+import bz2  # noqa: E402
+import lzma  # noqa: E402
+
+_PAYLOADS = [b"p%03d" % i * 7 for i in range(50)]
+_RAW = b"".join(tfrecord.frame(p) for p in _PAYLOADS)
+
+
+@pytest.mark.parametrize("suffix,blob", [
+    (".bz2", bz2.compress(_RAW)),
+    (".bz2", bz2.compress(_RAW[:300]) + bz2.compress(_RAW[300:])),  # two streams, as pbzip2 writes
+    (".xz", lzma.compress(_RAW)),
+    (".lzma", lzma.compress(_RAW, format=lzma.FORMAT_ALONE)),
+    (".xz", lzma.compress(_RAW[:100]) + lzma.compress(_RAW[100:])),
+], ids=["bz2", "bz2-multistream", "xz", "lzma-alone", "xz-multistream"])
+def test_beams_other_compressions_by_extension(tmp_path, suffix, blob):
+  path = tmp_path / f"data.tfrecord{suffix}"
+  path.write_bytes(blob)
+  assert [r.payload for r in sources.read_file(str(path), "auto")] == _PAYLOADS
+
+
+@pytest.mark.parametrize("suffix,compress", [(".bz2", bz2.compress), (".xz", lzma.compress)])
+def test_cut_bz2_and_xz_files_always_report_a_problem(tmp_path, suffix, compress):
+  blob = compress(_RAW)
+  for cut in range(1, len(blob), max(1, len(blob) // 40)):
+    path = tmp_path / f"cut{cut}.tfrecord{suffix}"
+    path.write_bytes(blob[:cut])
+    records = list(sources.read_file(str(path), "auto"))
+    assert records and records[-1].payload is None and records[-1].rest_lost, cut
+    assert [r.payload for r in records[:-1]] == _PAYLOADS[:len(records) - 1]
+
+
+def test_zstd_is_refused_by_name(tmp_path):
+  path = tmp_path / "data.tfrecord.zst"
+  path.write_bytes(b"\x28\xb5\x2f\xfd")
+  with pytest.raises(JobError, match="data.tfrecord.zst: zstd input is not supported"):
+    list(sources.read_file(str(path), "auto"))
