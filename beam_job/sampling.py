@@ -22,7 +22,8 @@ def _seed(seed: int, row: int, block: int) -> int:
 
 
 def _uniforms(state: int) -> Iterator[float]:
-  """splitmix64: a small, fast generator whose output depends only on its seed."""
+  """splitmix64: a small generator whose output depends only on its seed. A new generator is seeded for
+  every (row, block); seeding Python's Mersenne Twister costs about 10 us, which a million rows would feel."""
   while True:
     state = (state + 0x9E3779B97F4A7C15) & _MASK
     z = state
