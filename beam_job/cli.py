@@ -149,12 +149,17 @@ def build(pipeline: beam.Pipeline, args, _fail_cell=None, temp_token: Optional[s
     inputs = (left, pipeline | "ReadRight" >> transforms.ReadExamples(
         sources.split_patterns(args.right), args.compression, args.on_corrupt))
   return inputs | "CrossProduct" >> transforms.CrossProduct(
-      args.output, collision=args.collision, left_prefix=args.left_prefix, right_prefix=args.right_prefix,
-      self_join=args.self_join or "product", on_corrupt=args.on_corrupt, max_pairs=args.max_pairs,
-      strategy=args.strategy, target_shard_mb=args.target_shard_mb, output_compression=args.output_compression,
-      overwrite=args.overwrite, left_features=args.left_features, right_features=args.right_features,
-      index_features=args.index_features, sample_rate=args.sample_rate, seed=args.seed, dry_run=args.dry_run,
-      temp_token=temp_token, _fail_cell=_fail_cell)
+      dry_run=args.dry_run, temp_token=temp_token, _fail_cell=_fail_cell, **pair_options(args))
+
+
+def pair_options(args) -> dict:
+  """The parsed flags as ``transforms.PairOptions`` fields (also what ``beam_job.verify`` checks against)."""
+  return {"output": args.output, "collision": args.collision, "left_prefix": args.left_prefix,
+          "right_prefix": args.right_prefix, "self_join": args.self_join or "product", "on_corrupt": args.on_corrupt,
+          "max_pairs": args.max_pairs, "strategy": args.strategy, "target_shard_mb": args.target_shard_mb,
+          "output_compression": args.output_compression, "overwrite": args.overwrite,
+          "left_features": args.left_features, "right_features": args.right_features,
+          "index_features": args.index_features, "sample_rate": args.sample_rate, "seed": args.seed}
 
 
 def _write_local_json(value: dict, path: str) -> None:

@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_job import cells, cli, examples, planning, sinks, sources, tfrecord
 from beam_job.errors import JobError
+from beam_job.transforms import PairOptions
 
 
 class VerifyError(Exception):
@@ -79,13 +80,7 @@ def verify(argv: Optional[List[str]] = None) -> str:
   parser.add_argument("--sample_shards", type=int, default=4, help="Shards compared record by record otherwise.")
   parser.add_argument("--verify_seed", type=int, default=0)
   args = parser.parse_args(argv)
-  from beam_job.transforms import PairOptions  # pylint: disable=import-outside-toplevel
-  options = PairOptions(args.output, collision=args.collision, left_prefix=args.left_prefix,
-                        right_prefix=args.right_prefix, self_join=args.self_join or "product",
-                        on_corrupt=args.on_corrupt, max_pairs=args.max_pairs, strategy=args.strategy,
-                        target_shard_mb=args.target_shard_mb, output_compression=args.output_compression,
-                        left_features=args.left_features, right_features=args.right_features,
-                        index_features=args.index_features, sample_rate=args.sample_rate, seed=args.seed)
+  options = PairOptions(**cli.pair_options(args))
   self_join = (args.self_join or "product") if not args.right else None
   left_stats, left = _read_side(args.left, "--left", args, options.prefixes[0], options.selects[0])
   right_stats, right = _read_side(args.right or args.left, "--right" if args.right else "--left", args,
