@@ -134,10 +134,8 @@ def _check_output(args, patterns: List[str], inputs: List[str]) -> None:
   if any(path.startswith(output + "-") for path in inputs):
     raise JobError(f"--output {args.output!r} is the prefix of input files; choose another prefix")
   sinks.check_writable(args.output, uuid.uuid4().hex[:12])
-  existing = sinks.existing_outputs(args.output)
-  if existing and not args.overwrite:
-    raise JobError(f"output prefix {args.output!r} already holds {len(existing)} file(s) of an earlier run "
-                   f"(e.g. {existing[0]}); pass --overwrite to replace them")
+  if not args.overwrite:
+    sinks.refuse_existing(args.output, sinks.existing_outputs(args.output))
 
 
 def build(pipeline: beam.Pipeline, args, _fail_cell=None, temp_token: Optional[str] = None):

@@ -97,6 +97,12 @@ class Plan:
     return -(-self.right_count // self.col_chunk)
 
   @property
+  def grid(self) -> dict:
+    """The cell grid, as the summary and the dry run show it."""
+    return {"rows": self.rows, "cols": self.cols, "row_chunk": self.row_chunk, "col_chunk": self.col_chunk,
+            "cells": len(self.cells)}
+
+  @property
   def shard_count(self) -> int:
     return max(1, len(self.cells))
 

@@ -50,6 +50,13 @@ def existing_outputs(output: str) -> List[str]:
   return sorted(found)
 
 
+def refuse_existing(output: str, existing: List[str]) -> None:
+  """Without --overwrite, an earlier run's files under the prefix stop the job."""
+  if existing:
+    raise JobError(f"output prefix {output!r} already holds {len(existing)} file(s) of an earlier run "
+                   f"(e.g. {existing[0]}); pass --overwrite to replace them")
+
+
 @contextlib.contextmanager
 def open_shard(path: str, compression: str) -> Iterator[BinaryIO]:
   """A shard for writing; gzip with no name and no time in its header, so equal records give equal bytes."""
@@ -78,9 +85,8 @@ def publish(moves: List[tuple], output: str, overwrite: bool) -> None:
     return
   moved = {dst for src, dst in moves if (src, dst) not in pending}
   stale = [path for path in existing_outputs(output) if path not in moved]
-  if stale and not overwrite:
-    raise JobError(f"output prefix {output!r} already holds {len(stale)} file(s) of an earlier run "
-                   f"(e.g. {stale[0]}); pass --overwrite to replace them")
+  if not overwrite:
+    refuse_existing(output, stale)
   if stale:
     FileSystems.delete(stale)
   FileSystems.rename([src for src, _ in pending], [dst for _, dst in pending])
