@@ -22,7 +22,7 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_job import describe, planning, progress, quiet, sinks, sources, transforms
+from beam_job import describe, lease, outputs, planning, progress, publish, quiet, sinks, sources, transforms
 from beam_job.errors import JobError, find_job_error
 
 _LOG = logging.getLogger("beam_job")
@@ -124,18 +124,26 @@ def _check_beam_flags(parser: argparse.ArgumentParser, beam_args: List[str]) -> 
 
 
 def _check_output(args, patterns: List[str], inputs: List[str]) -> None:
-  """Refuses an output that would clobber an earlier run or land among the inputs, before reading anything."""
-  output = sources.absolute(args.output)
-  written = [planning.shard_name(output, 0, 1, args.output_compression), sinks.summary_path(output)]
+  """Refuses an output that would clobber an earlier run, a live run or an input, before reading anything.
+
+  Paths are compared resolved (symlinks and ``//`` locally), so another spelling of an input is caught.
+  """
+  output = outputs.resolve(args.output)
+  written = [outputs.shard_name(output, 0, 1, args.output_compression), outputs.summary_path(output)]
   for pattern in patterns:
-    matches = re.compile(FileSystem.translate_pattern(pattern)).match  # Beam's glob: '*' stops at '/'
+    matches = re.compile(FileSystem.translate_pattern(outputs.resolve(pattern))).match  # '*' stops at '/'
     if any(matches(path) for path in written):
       raise JobError(f"--output {args.output!r} falls inside input pattern {pattern!r}; choose another prefix")
-  if any(path.startswith(output + "-") for path in inputs):
-    raise JobError(f"--output {args.output!r} is the prefix of input files; choose another prefix")
+  for path in inputs:
+    real = outputs.resolve(path, follow=True)
+    if outputs.classify(output, real) or real == output:
+      raise JobError(f"--output {args.output!r} would write over input file {path}; choose another prefix")
+    if real.startswith(output + "-"):
+      raise JobError(f"--output {args.output!r} is the prefix of input files ({path}); choose another prefix")
   sinks.check_writable(args.output, uuid.uuid4().hex[:12])
+  lease.refuse_if_held(args.output)
   if not args.overwrite:
-    sinks.refuse_existing(args.output, sinks.existing_outputs(args.output))
+    outputs.refuse_existing(args.output, publish.surviving(args.output))
 
 
 def build(pipeline: beam.Pipeline, args, _fail_cell=None, temp_token: Optional[str] = None):
@@ -217,15 +225,30 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None)
   token = uuid.uuid4().hex[:12]
   build(pipeline, args, _fail_cell, temp_token=token)
   if runner is None and options.view_as(StandardOptions).no_wait_until_finish:
+    lease.acquire(args.output, token, watched=False)
     pipeline.run()
-    _LOG.info("submitted; the job publishes its shards and %s when it ends", sinks.summary_path(args.output))
+    _LOG.info("submitted; the job publishes its shards and %s when it ends", outputs.summary_path(args.output))
     return None
-  with progress.FolderProgress(sinks.temp_dir(args.output, token), progress_stream):
-    state = pipeline.run().wait_until_finish()
-  if state != beam.runners.runner.PipelineState.DONE:
-    raise RuntimeError(f"pipeline ended in state {state}")
-  with FileSystems.open(sinks.summary_path(args.output)) as f:
+  lease.acquire(args.output, token)
+  try:
+    with lease.kept(args.output, token), progress.FolderProgress(outputs.temp_dir(args.output, token),
+                                                                 progress_stream):
+      state = pipeline.run().wait_until_finish()
+    if state != beam.runners.runner.PipelineState.DONE:
+      raise RuntimeError(f"pipeline ended in state {state}")
+  except BaseException:
+    _abandon(args.output, token)
+    raise
+  with FileSystems.open(outputs.summary_path(args.output)) as f:
     return json.loads(f.read())
+
+
+def _abandon(output: str, token: str) -> None:
+  """After a failed run: remove what it left (temporary objects, a half publish, its lease) where it can."""
+  try:
+    publish.abandon(output, token)
+  except Exception as e:  # pylint: disable=broad-except  # the run's own error is the one to report
+    _LOG.warning("could not clean up after the failed run %s under %s: %s", token, output, e)
 
 
 class _HideUserErrors(logging.Filter):

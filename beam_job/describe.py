@@ -1,6 +1,6 @@
 """``--dry_run``: the plan in words, for a person to read before spending money."""
 
-from beam_job import planning
+from beam_job import outputs, planning
 
 
 def plan_description(plan: planning.Plan, options) -> dict:
@@ -21,7 +21,7 @@ def plan_description(plan: planning.Plan, options) -> dict:
       "sample_rate": plan.sample_rate,
       "estimated_bytes": plan.estimated_bytes,
       "shards": plan.shard_count,
-      "first_shard": planning.shard_name(options.output, 0, plan.shard_count, options.output_compression),
+      "first_shard": outputs.shard_name(options.output, 0, plan.shard_count, options.output_compression),
       "strategy": plan.strategy,
       "shuffle_bytes": plan.shuffle_bytes,
       "grid": plan.grid,

@@ -119,11 +119,6 @@ class Plan:
     return {(row, col): shard for shard, (row, col, _) in enumerate(self.cells)}
 
 
-def shard_name(output: str, shard: int, count: int, compression: str) -> str:
-  suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
-  return f"{output}-{shard:05d}-of-{count:05d}{suffix}"
-
-
 def _offsets(good: Dict[str, int]) -> Dict[str, int]:
   offsets, total = {}, 0
   for source in sorted(good):

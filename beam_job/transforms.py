@@ -9,14 +9,15 @@ import dataclasses
 import json
 import logging
 import math
+import time
 import uuid
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.pvalue import AsList, AsSingleton
 
-from beam_job import cells, describe, examples, output_schema, planning, sinks, sources
+from beam_job import cells, describe, examples, lease, output_schema, outputs, planning, publish, sinks, sources
 from beam_job.errors import JobError
 
 _LOG = logging.getLogger(__name__)
@@ -214,20 +215,45 @@ def _broadcast_side(element, plan: planning.Plan, index_name: Optional[str]):
     yield ordinal, (examples.with_int64(record, index_name, ordinal) if index_name else record)
 
 
-class _WriteCellFn(beam.DoFn):
-  """Writes one cell's pairs to its temporary shard and reports what it wrote."""
+def _expected_members(plan: planning.Plan, cell) -> Tuple[range, range]:
+  """The ordinals of the left and right records a cell must receive: its row's, and its column's (all of the
+  right side when broadcast)."""
+  row, col = cell
+  left = range(row * plan.row_chunk, min(plan.left_count, (row + 1) * plan.row_chunk))
+  if plan.strategy == "broadcast":
+    return left, range(plan.right_count)
+  return left, range(col * plan.col_chunk, min(plan.right_count, (col + 1) * plan.col_chunk))
 
-  def __init__(self, options: "PairOptions", token: str, self_join: Optional[str], fail_cell=None):
+
+def _check_members(cell, side: str, ordinals: List[int], expected: range) -> None:
+  """A cell holds each record of its row (column) exactly once: any runner loss or duplicate fails it here."""
+  if len(ordinals) == len(expected) and (not ordinals or (ordinals[0] == expected.start and
+                                                          ordinals[-1] == expected.stop - 1 and
+                                                          len(set(ordinals)) == len(ordinals))):
+    return
+  raise RuntimeError(f"record accounting: cell {cell} received {len(ordinals)} {side} record(s) (distinct "
+                     f"{len(set(ordinals))}), the plan routes {len(expected)} to it (ordinals {expected.start}.."
+                     f"{expected.stop - 1}); the runner lost or duplicated records between routing and the cell")
+
+
+class _WriteCellFn(beam.DoFn):
+  """Writes one cell's pairs to a temporary object of its own and reports its name and size."""
+
+  def __init__(self, options: "PairOptions", self_join: Optional[str], fail_cell=None):
     self._options = options
-    self._token = token
     self._self_join = self_join
     self._fail_cell = fail_cell  # test hook: a cell (row, col) that raises half-way through
     self._broadcast_from, self._broadcast = None, None
+    self._renewed = 0.0
     self._pairs = beam.metrics.Metrics.counter(NAMESPACE, "pairs_written")
     self._bytes = beam.metrics.Metrics.counter(NAMESPACE, "bytes_written")
 
-  def process(self, element, plan: planning.Plan, broadcast):
+  def process(self, element, plan: planning.Plan, broadcast, token: str):
     cell, members = element
+    options = self._options
+    if time.time() - self._renewed > lease.RENEW_SECONDS:
+      lease.renew(options.output, token)
+      self._renewed = time.time()
     left = sorted(((ordinal, record) for side, ordinal, record in members if side == 0), key=lambda m: m[0])
     if plan.strategy == "broadcast":
       if self._broadcast_from is not broadcast:  # the runner hands the same side input to a bundle's cells
@@ -235,9 +261,11 @@ class _WriteCellFn(beam.DoFn):
       right = self._broadcast
     else:
       right = sorted(((ordinal, record) for side, ordinal, record in members if side == 1), key=lambda m: m[0])
+    expected = _expected_members(plan, cell)
+    _check_members(cell, "left", [o for o, _ in left], expected[0])
+    _check_members(cell, "right", [o for o, _ in right], expected[1])
     shard = plan.cell_shards[cell]
-    options = self._options
-    path = f"{sinks.temp_dir(options.output, self._token)}/shard-{shard:05d}"
+    path = sinks.attempt_path(outputs.temp_dir(options.output, token), shard, plan.shard_count)
     sample = (options.sample_rate, options.seed) if options.sample_rate < 1 else None
     with sinks.open_shard(path, options.output_compression) as out:
       if self._fail_cell == cell:
@@ -247,36 +275,56 @@ class _WriteCellFn(beam.DoFn):
                                      collisions=plan.collisions, sample=sample)
     self._pairs.inc(pairs)
     self._bytes.inc(size)
-    yield {"shard": shard, "temp": path, "pairs": pairs, "record_bytes": size}
+    yield {"shard": shard, "temp": path, "size": out.count, "pairs": pairs, "record_bytes": size,
+           "left": len(left), "right": len(right)}
+
+
+def _check_results(plan: planning.Plan, results: List[dict], counts: dict) -> None:
+  """Finalize publishes nothing unless every stage's count agrees: read, prepared, planned, in the cells."""
+  for side, planned in zip(SIDES, (plan.left_count, plan.right_count)):
+    if side not in counts:
+      continue
+    bad = sum(len(indexes) for indexes in plan.bad[SIDES.index(side)].values())
+    read, prepared = counts[side]["read"], counts[side]["prepared"]
+    if not read == prepared == planned + bad:
+      raise RuntimeError(f"record accounting, {side} side: {read} read, {prepared} prepared, {planned} good + "
+                         f"{bad} corrupt in the plan; the runner lost or duplicated records")
+  shards = [r["shard"] for r in results]
+  if shards != list(range(len(plan.cells))):
+    raise RuntimeError(f"record accounting: the plan has {len(plan.cells)} cells, {len(results)} reported "
+                       f"(shards {shards[:10]}{' ...' if len(shards) > 10 else ''})")
+  for result, (row, col, pairs) in zip(results, plan.cells):
+    expected = _expected_members(plan, (row, col))
+    if (result["left"], result["right"]) != (len(expected[0]), len(expected[1])):
+      raise RuntimeError(f"record accounting: cell {(row, col)} reported {result['left']} x {result['right']} "
+                         f"records, the plan routes {len(expected[0])} x {len(expected[1])}")
+    if plan.sample_rate >= 1 and result["pairs"] != pairs:
+      raise RuntimeError(f"record accounting: cell {(row, col)} wrote {result['pairs']} pairs, the plan has "
+                         f"{pairs}")
 
 
 class _FinalizeFn(beam.DoFn):
-  """Publishes the shards once every cell succeeded, then the schema, the dead letters and the summary."""
+  """Publishes the run once every cell succeeded and every count agrees (see ``publish.py``)."""
 
-  def __init__(self, options: "PairOptions", token: str, self_join: Optional[str]):
+  def __init__(self, options: "PairOptions", self_join: Optional[str]):
     self._options = options
-    self._token = token
     self._self_join = self_join
 
-  def process(self, plan: planning.Plan, results, corrupt, types):
+  def process(self, plan: planning.Plan, results, corrupt, types, counts, token: str):
     options, output = self._options, self._options.output
     results = sorted(results, key=lambda r: r["shard"])
-    if [r["shard"] for r in results] != list(range(len(plan.cells))):
-      raise RuntimeError(f"expected {len(plan.cells)} cells, got shards {[r['shard'] for r in results]}")
-    written = sum(r["pairs"] for r in results)
-    if plan.sample_rate >= 1 and written != plan.pairs:
-      raise RuntimeError(f"the cells wrote {written} pairs, the plan has {plan.pairs}")
-    folder = sinks.temp_dir(output, self._token)
-    count = plan.shard_count
-    names = [planning.shard_name(output, shard, count, options.output_compression) for shard in range(count)]
-    temps = [r["temp"] for r in results]
+    _check_results(plan, results, {side: dict(stages) for side, stages in _by_side(counts).items()})
+    folder = outputs.temp_dir(output, token)
     if not results:  # no pairs at all: still one (empty) shard, so readers of the prefix find a file
-      temps = [f"{folder}/shard-00000"]
-      with sinks.open_shard(temps[0], options.output_compression):
+      path = sinks.attempt_path(folder, 0, 1)
+      with sinks.open_shard(path, options.output_compression) as out:
         pass
-    sinks.publish(list(zip(temps, names)), output, options.overwrite)
+      results = [{"shard": 0, "temp": path, "size": out.count, "pairs": 0, "record_bytes": 0}]
+    count = plan.shard_count
+    names = [outputs.shard_name(output, shard, count, options.output_compression) for shard in range(count)]
     corrupt = sorted(corrupt, key=lambda c: (c[0], c[1]))
     summary = {
+        "run": token,
         "output": output,
         "left_records": plan.left_count,
         "right_records": plan.right_count,
@@ -285,26 +333,32 @@ class _FinalizeFn(beam.DoFn):
         "corrupt": [{"file": source, "record": index, "offset": c.offset, "problem": c.problem,
                      "rest_of_file_lost": c.rest_lost} for source, index, c in corrupt],
         "shards": names,
-        "bytes": sum(sinks.size_of(name) for name in names),
+        "bytes": sum(r["size"] for r in results),
         "record_bytes": sum(r["record_bytes"] for r in results),
         "strategy": plan.strategy,
         "grid": plan.grid,
         "shuffle_bytes": plan.shuffle_bytes,
         "collisions": list(plan.collisions),
         "options": options.summary(self._self_join),
+        "schema": outputs.schema_path(output),
     }
     schema = output_schema.merged_types(types, options.collision, options.index_names())
-    sinks.write_text(sinks.schema_path(output), output_schema.to_pbtxt(schema), f"{folder}/schema.pbtxt")
-    summary["schema"] = sinks.schema_path(output)
-    if corrupt:  # the dead-letter list, one JSON object per line, before the summary that announces it
-      sinks.write_text(sinks.dead_letter_path(output),
-                       "".join(json.dumps(c, sort_keys=True) + "\n" for c in summary["corrupt"]),
-                       f"{folder}/corrupt.jsonl")
-      summary["dead_letter"] = sinks.dead_letter_path(output)
-    sinks.write_text(sinks.summary_path(output), json.dumps(summary, indent=2, sort_keys=True) + "\n",
-                     f"{folder}/summary.json")
-    sinks.remove_dir(folder)
-    yield summary
+    texts = {outputs.schema_path(output): output_schema.to_pbtxt(schema)}
+    if corrupt:  # the dead-letter list, one JSON object per line, published before the summary announces it
+      texts[outputs.dead_letter_path(output)] = "".join(json.dumps(c, sort_keys=True) + "\n"
+                                                        for c in summary["corrupt"])
+      summary["dead_letter"] = outputs.dead_letter_path(output)
+    moves = [(r["temp"], name, r["size"]) for r, name in zip(results, names)]
+    summary_text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    yield json.loads(publish.publish(output, token, lambda: publish.make_manifest(
+        output, token, moves, texts, summary_text, options.overwrite)))
+
+
+def _by_side(counts) -> dict:
+  by_side = {}
+  for side, stage, count in counts:
+    by_side.setdefault(side, {})[stage] = by_side.get(side, {}).get(stage, 0) + count
+  return by_side
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,13 +447,24 @@ class _PrepareSide(beam.PTransform):
     return prepared.records, prepared.corrupt, stats, types
 
 
-def _plan(left_stats, right_stats, options: dict, folder: Optional[str], gzip_output: bool):
-  """Plans the job, and leaves the plan's totals in the temporary folder for progress displays."""
-  plan = planning.make_plan(left_stats, right_stats, **options)
-  if folder:
-    sinks.write_text(f"{folder}/plan.json", json.dumps(
-        {"pairs": plan.pairs, "estimated_bytes": plan.estimated_bytes, "gzip": gzip_output}), f"{folder}/plan.tmp")
-  return plan
+def _plan(left_stats, right_stats, options: dict):
+  return planning.make_plan(left_stats, right_stats, **options)
+
+
+def _note_plan(plan: planning.Plan, output: str, token: str, gzip_output: bool) -> None:
+  """Leaves the plan's totals in the run's temporary folder, for progress displays."""
+  folder = outputs.temp_dir(output, token)
+  publish.write_text(f"{folder}/plan.json", json.dumps(
+      {"pairs": plan.pairs, "estimated_bytes": plan.estimated_bytes, "gzip": gzip_output}), f"{folder}/plan.tmp")
+
+
+def _new_token(_) -> str:
+  return uuid.uuid4().hex[:12]
+
+
+def _count(pcoll, label: str, side: str, stage: str):
+  return (pcoll | f"Count{label}" >> beam.combiners.Count.Globally()
+          | f"Tag{label}" >> beam.Map(lambda n, side, stage: (side, stage, n), side, stage))
 
 
 class CrossProduct(beam.PTransform):
@@ -421,9 +486,9 @@ class CrossProduct(beam.PTransform):
     self._options = PairOptions(output, **options)
     self._dry_run = dry_run
     self._fail_cell = _fail_cell
-    # One temporary folder per job: a retried cell rewrites its own file there.
-    self._token = temp_token or uuid.uuid4().hex[:12]
-    self.temp_folder = sinks.temp_dir(output, self._token)
+    # The run's token names its temporary folder and lease; chosen when the pipeline runs unless a caller that
+    # is itself one run (the CLI) passes its own, so that it can clean up after a failure.
+    self._token = temp_token
 
   def expand(self, inputs):
     left, right = inputs if isinstance(inputs, tuple) else (inputs, None)
@@ -433,21 +498,33 @@ class CrossProduct(beam.PTransform):
     self_join = options.self_join if right is None else None
     sides = [left | "PrepareLeft" >> _PrepareSide(0, options, True),
              (left if right is None else right) | "PrepareRight" >> _PrepareSide(1, options, right is not None)]
-    plan = sides[0][2] | "Plan" >> beam.Map(_plan, AsSingleton(sides[1][2]), options.plan_options(self_join),
-                                            None if self._dry_run else self.temp_folder,
-                                            options.output_compression == "gzip")
+    plan = sides[0][2] | "Plan" >> beam.Map(_plan, AsSingleton(sides[1][2]), options.plan_options(self_join))
     if self._dry_run:
       return plan | "Describe" >> beam.Map(describe.plan_description, options)
+    pipeline = left.pipeline
+    token = (pipeline | "RunToken" >> beam.Create([self._token])
+             | "ChooseToken" >> beam.Map(lambda given: given or _new_token(None)))
+    # A side input, not the same stage: a retried Begin sees the token its first attempt took the lease with.
+    run = (pipeline | "Begin" >> beam.Create([None])
+           | "TakeLease" >> beam.Map(lambda _, token, output, overwrite: publish.begin(output, token, overwrite),
+                                     AsSingleton(token), options.output, options.overwrite))
+    _ = plan | "NotePlan" >> beam.Map(_note_plan, options.output, AsSingleton(run),
+                                      options.output_compression == "gzip")
     index_names = options.index_names()
     results = ([side[0] | f"To{SIDES[i].title()}Cells" >> beam.FlatMap(
                    _to_cells, i, AsSingleton(plan), index_names[i]) for i, side in enumerate(sides)]
                | "FlattenCells" >> beam.Flatten()
                | "GroupCells" >> beam.GroupByKey()
                | "WriteCells" >> beam.ParDo(
-                   _WriteCellFn(options, self._token, self_join, self._fail_cell), AsSingleton(plan),
+                   _WriteCellFn(options, self_join, self._fail_cell), AsSingleton(plan),
                    AsList(sides[1][0] | "Broadcast" >> beam.FlatMap(
-                       _broadcast_side, AsSingleton(plan), index_names[1]))))
+                       _broadcast_side, AsSingleton(plan), index_names[1])), AsSingleton(run)))
     corrupt = [sides[0][1]] + ([sides[1][1]] if right is not None else []) | "AllCorrupt" >> beam.Flatten()
     types = [side[3] for side in sides] | "AllTypes" >> beam.Flatten()
-    return plan | "Finalize" >> beam.ParDo(_FinalizeFn(options, self._token, self_join), AsList(results),
-                                           AsList(corrupt), AsList(types))
+    counted = [(left, sides[0], "left")] + ([(right, sides[1], "right")] if right is not None else [])
+    counts = ([_count(records, f"{side.title()}Read", side, "read") for records, _, side in counted]
+              + [_count(prepared[k], f"{side.title()}{kind}", side, "prepared")
+                 for _, prepared, side in counted for k, kind in ((0, "Prepared"), (1, "Corrupt"))]
+              | "AllCounts" >> beam.Flatten())
+    return plan | "Finalize" >> beam.ParDo(_FinalizeFn(options, self_join), AsList(results), AsList(corrupt),
+                                           AsList(types), AsList(counts), AsSingleton(run))

@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_job import cells, cli, examples, planning, sinks, sources, tfrecord
+from beam_job import cells, cli, examples, outputs, planning, sources, tfrecord
 from beam_job.errors import JobError
 from beam_job.transforms import PairOptions
 
@@ -88,17 +88,18 @@ def verify(argv: Optional[List[str]] = None) -> str:
   plan = planning.make_plan(left_stats, right_stats, **options.plan_options(self_join))
   index_names = options.index_names()
   left, right = _ordered(left, plan, 0, index_names[0]), _ordered(right, plan, 1, index_names[1])
-  names = [planning.shard_name(args.output, s, plan.shard_count, args.output_compression)
+  names = [outputs.shard_name(args.output, s, plan.shard_count, args.output_compression)
            for s in range(plan.shard_count)]
-  present = set(sinks.existing_outputs(args.output))
+  owned = outputs.list_owned(args.output)
+  present = {o.path for o in owned}
   for name in names:
     if name not in present:
       raise VerifyError(f"missing shard {name}")
-  extra = sorted(p for p in present if p.endswith((".tfrecord", ".tfrecord.gz")) and p not in names)
+  extra = [o.path for o in owned if o.kind == "shard" and o.path not in names]
   if extra:
     raise VerifyError(f"unexpected shard {extra[0]} (the plan has {plan.shard_count} shards)")
-  if sinks.summary_path(args.output) not in present:
-    raise VerifyError(f"missing summary {sinks.summary_path(args.output)}: the run did not finish")
+  if outputs.summary_path(args.output) not in present:
+    raise VerifyError(f"missing summary {outputs.summary_path(args.output)}: the run did not finish")
   sampled = plan.sample_rate < 1
   full = plan.pairs <= args.full_check_max
   compare = set(range(len(plan.cells))) if full else set(
@@ -124,7 +125,7 @@ def verify(argv: Optional[List[str]] = None) -> str:
         raise VerifyError(f"{names[shard]}: record {k} is not the expected merged pair")
   if not plan.cells and _frames(names[0], args.output_compression):
     raise VerifyError(f"{names[0]} should be empty: the job has no pairs")
-  with FileSystems.open(sinks.summary_path(args.output)) as f:
+  with FileSystems.open(outputs.summary_path(args.output)) as f:
     summary = json.loads(f.read())
   if summary.get("pairs") != total:
     raise VerifyError(f"the summary says {summary.get('pairs')} pairs, the shards hold {total}")

@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 from beam_job import planning
 from beam_job.errors import JobError
-from beam_job.planning import SideStats, cell_pairs, make_plan, shard_name, total_pairs
+from beam_job.outputs import shard_name
+from beam_job.planning import SideStats, cell_pairs, make_plan, total_pairs
 
 MODES = [None, "product", "combinations", "combinations_with_replacement"]
 
@@ -232,7 +233,7 @@ def test_chunk():
     (("out/pairs", 0, 1, "uncompressed"), "out/pairs-00000-of-00001.tfrecord"),
     (("gs://b/p", 7, 12, "gzip"), "gs://b/p-00007-of-00012.tfrecord.gz"),
     (("p", 12345, 99999, "uncompressed"), "p-12345-of-99999.tfrecord"),
-    (("p", 3, 123456, "gzip"), "p-00003-of-123456.tfrecord.gz"),
+    (("p", 3, 123456, "gzip"), "p-000003-of-123456.tfrecord.gz"),
 ])
 def test_shard_name(args, expected):
   assert shard_name(*args) == expected

@@ -1,0 +1,201 @@
+"""One run per output prefix: a lease object, ``PREFIX-lease.json``, taken at the start and given up at the end.
+
+Two runs on one prefix at once (a scheduler's retry while the first still runs) would publish into each
+other. The first run creates the lease only if none exists, atomically where the filesystem can (a hard link
+locally; ``ifGenerationMatch=0`` on GCS); a second run sees it and is refused with the holder named. A lease
+names its run (a token), the host, process and start time, and an expiry that the run pushes forward while
+it writes cells. A crashed run's lease is stale when its expiry passed, or at once when it was taken on this
+host by a process that is gone; a new run then takes it over. Publishing checks the lease is still its own
+right before it changes anything under the prefix.
+"""
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Iterator, Optional
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from beam_job import outputs
+from beam_job.errors import JobError
+
+# How long a lease outlives its last renewal. The CLI renews it every KEEP_SECONDS while it waits for the run,
+# cells at most every RENEW_SECONDS per process; a run that crashed elsewhere than on this machine holds the
+# prefix this long after its last renewal (or until the lease file is deleted).
+EXPIRY_SECONDS = 600
+KEEP_SECONDS = 60
+RENEW_SECONDS = 300
+# A run submitted without waiting (no process watches it): its lease lasts this long unless it publishes.
+SUBMITTED_EXPIRY_SECONDS = 24 * 3600
+
+
+def _boot_id() -> str:
+  try:
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+      return f.read().strip()
+  except OSError:
+    return ""
+
+
+def _process_start(pid: int) -> Optional[str]:
+  """The start time of ``pid`` in clock ticks since boot, so a reused pid is not taken for the holder."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+      return f.read().rsplit(")", 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _holder(token: str, now: float, watched: bool) -> dict:
+  """The lease's content. ``watched``: this process lives as long as the run (the CLI waiting for it, or the
+  process running the pipeline in memory), so its death on this machine frees the prefix at once."""
+  pid = os.getpid() if watched else None
+  return {"token": token, "host": socket.gethostname(), "boot": _boot_id(), "pid": pid,
+          "pid_start": _process_start(pid) if pid else None, "taken": now,
+          "expires": now + (EXPIRY_SECONDS if watched else SUBMITTED_EXPIRY_SECONDS)}
+
+
+def is_live(holder: dict, now: float) -> bool:
+  """A lease holds until it expires, unless its process ran on this machine and is gone."""
+  if holder.get("expires", 0) <= now:
+    return False
+  if holder.get("host") == socket.gethostname() and holder.get("boot") == _boot_id() and holder.get("pid"):
+    return _process_start(int(holder["pid"])) == holder.get("pid_start")
+  return True
+
+
+def describe(holder: dict) -> str:
+  expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("expires", 0)))
+  return f"run {holder.get('token')} (host {holder.get('host')}, pid {holder.get('pid')}, lease until {expires})"
+
+
+def read(path: str) -> Optional[dict]:
+  try:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      text = f.read()
+  except Exception:  # pylint: disable=broad-except  # gone between listing and reading
+    if FileSystems.exists(path):
+      raise
+    return None
+  try:
+    return json.loads(text)
+  except ValueError:
+    return {"token": None, "expires": float("inf")}  # being written: treat as live
+
+
+def _gcs_blob(path: str):
+  from apache_beam.io.gcp import gcsio  # pylint: disable=import-outside-toplevel
+  bucket, name = gcsio.parse_gcs_path(path)
+  return gcsio.GcsIO().client.bucket(bucket).blob(name)
+
+
+def _create_if_absent(path: str, text: str) -> bool:
+  """Creates ``path`` holding ``text`` unless it exists; True when this call created it."""
+  scheme = FileSystems.get_scheme(path)
+  if scheme is None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    staging = f"{path}.{uuid.uuid4().hex}"
+    with open(staging, "w", encoding="utf-8") as f:
+      f.write(text)
+    try:
+      os.link(staging, path)  # fails when the lease exists: atomic on every local filesystem
+      return True
+    except FileExistsError:
+      return False
+    finally:
+      os.remove(staging)
+  if scheme == "gs":
+    from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+    try:
+      _gcs_blob(path).upload_from_string(text, content_type="application/json", if_generation_match=0)
+      return True
+    except exceptions.PreconditionFailed:
+      return False
+  if FileSystems.exists(path):  # other filesystems: no conditional create, so write and read back
+    return False
+  with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    f.write(text.encode("utf-8"))
+  time.sleep(1)
+  return (read(path) or {}).get("token") == json.loads(text)["token"]
+
+
+def acquire(output: str, token: str, watched: bool = True) -> None:
+  """Takes the prefix's lease for run ``token``, or raises JobError naming the run that holds it.
+
+  Idempotent: a retry of the same run (or the pipeline of a CLI that took it first) finds its own lease.
+  """
+  path = outputs.lease_path(output)
+  for _ in range(3):
+    now = time.time()
+    if _create_if_absent(path, json.dumps(_holder(token, now, watched))):
+      return
+    holder = read(path)
+    if holder is None:
+      continue  # released between the two calls
+    if holder.get("token") == token:
+      return
+    if is_live(holder, now):
+      raise JobError(f"output prefix {output!r} is in use by {describe(holder)}; wait for it to end, or if no "
+                     f"such run is alive, delete {path}")
+    outputs.remove(path)  # a crashed run's lease
+  raise JobError(f"could not take the lease {path}: other runs keep taking it")
+
+
+def check(output: str, token: str) -> None:
+  """Raises unless run ``token`` still holds the lease: called before anything under the prefix changes."""
+  holder = read(outputs.lease_path(output))
+  if holder is None or holder.get("token") != token:
+    raise JobError(f"run {token} lost its lease on output prefix {output!r} "
+                   f"({'now held by ' + describe(holder) if holder else 'no lease'}); nothing was published")
+
+
+def renew(output: str, token: str) -> None:
+  """Pushes the lease's expiry forward while the run is still its holder."""
+  path = outputs.lease_path(output)
+  holder = read(path)
+  if holder and holder.get("token") == token:
+    holder["expires"] = max(holder.get("expires", 0), time.time() + EXPIRY_SECONDS)
+    with FileSystems.create(path, mime_type="application/json", compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      f.write(json.dumps(holder).encode("utf-8"))
+
+
+def release(output: str, token: str) -> None:
+  path = outputs.lease_path(output)
+  holder = read(path)
+  if holder and holder.get("token") == token:
+    outputs.remove(path)
+
+
+def refuse_if_held(output: str) -> None:
+  """Before a run reads anything: another live run on the prefix stops it at once."""
+  path = outputs.lease_path(output)
+  holder = read(path) if FileSystems.exists(path) else None
+  if holder and is_live(holder, time.time()):
+    raise JobError(f"output prefix {output!r} is in use by {describe(holder)}; wait for it to end, or if no "
+                   f"such run is alive, delete {path}")
+
+
+@contextlib.contextmanager
+def kept(output: str, token: str) -> Iterator[None]:
+  """Renews run ``token``'s lease every KEEP_SECONDS while the block runs (the CLI waiting for its run)."""
+  stop = threading.Event()
+
+  def keep():
+    while not stop.wait(KEEP_SECONDS):
+      try:
+        renew(output, token)
+      except Exception:  # pylint: disable=broad-except  # a missed renewal only shortens the lease
+        pass
+
+  thread = threading.Thread(target=keep, name="beam_job-lease", daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    thread.join(timeout=5)
