@@ -344,7 +344,7 @@ class PairOptions:
     if not self.target_shard_mb > 0:
       raise JobError(f"--target_shard_mb must be positive, not {self.target_shard_mb}")
     if not self.target_shard_mb <= planning.MAX_TARGET_SHARD_MB:
-      raise JobError(f"--target_shard_mb must be at most {planning.MAX_TARGET_SHARD_MB:g} (one TB), "
+      raise JobError(f"--target_shard_mb must be at most {planning.MAX_TARGET_SHARD_MB:,.0f} (one TB), "
                      f"not {self.target_shard_mb}")
     if not 0 < self.sample_rate <= 1:
       raise JobError(f"--sample_rate must be in (0, 1], not {self.sample_rate}")
