@@ -6,10 +6,10 @@ submitting, and ``build`` assembles the pipeline from the reusable transforms.
 """
 
 import argparse
+import decimal
 import difflib
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -22,25 +22,66 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_job import describe, lease, outputs, planning, progress, publish, quiet, sinks, sources, transforms
+from beam_job import describe, lease, outputs, planning, progress, publish, quiet, sampling, sinks, sources, transforms
 from beam_job.errors import JobError, find_job_error
 
 _LOG = logging.getLogger("beam_job")
 _LOCAL_RUNNERS = (None, "DirectRunner", "direct", "directrunner")
 
 
-def _non_negative_int(text: str) -> int:
-  value = int(text.replace(",", "").replace("_", ""))
+def count(text: str) -> int:
+  """A whole number of pairs or shards: ``1000000``, ``1_000_000``, ``1,000,000`` or ``1e6``; at most
+  ``planning.MAX_PAIRS``, so that nothing downstream (JSON readers, int64 counters) overflows."""
+  try:
+    value = decimal.Decimal(text.replace(",", ""))
+  except decimal.InvalidOperation:
+    value = None
+  whole = f"must be a whole number (1000000, 1_000_000, 1,000,000 or 1e6), not {text}"
+  if value is None or not value.is_finite():
+    raise argparse.ArgumentTypeError(whole)
   if value < 0:
-    raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
-  return value
+    raise argparse.ArgumentTypeError(f"must be at least 0, not {text}")
+  if value > planning.MAX_PAIRS:
+    raise argparse.ArgumentTypeError(f"must be at most {planning.MAX_PAIRS:,} (2**63 - 1), not {text}")
+  if value != int(value):
+    raise argparse.ArgumentTypeError(whole)
+  return int(value)
 
 
-def _positive_float(text: str) -> float:
-  value = float(text)
-  if not (value > 0 and math.isfinite(value)):
+def _shard_mb(text: str) -> float:
+  value = _number(text)
+  if not value > 0:
     raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+  if value > planning.MAX_TARGET_SHARD_MB:
+    raise argparse.ArgumentTypeError(f"must be at most {planning.MAX_TARGET_SHARD_MB:,.0f} (one TB), not {text}")
   return value
+
+
+def _rate(text: str) -> float:
+  value = _number(text)
+  if not 0 < value <= 1:
+    raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
+  if value < sampling.MIN_RATE:
+    raise argparse.ArgumentTypeError(f"must be at least {sampling.MIN_RATE:g}, the smallest supported rate, not {text}")
+  return value
+
+
+def _seed(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = None
+  if value is None or not sampling.MIN_SEED <= value <= sampling.MAX_SEED:
+    raise argparse.ArgumentTypeError(
+        f"must be a whole number from {sampling.MIN_SEED} to {sampling.MAX_SEED} (64-bit signed), not {text}")
+  return value
+
+
+def _number(text: str) -> float:
+  try:
+    return float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
 
 
 def _names(text: str) -> tuple:
@@ -50,11 +91,14 @@ def _names(text: str) -> tuple:
   return names
 
 
-def _rate(text: str) -> float:
-  value = float(text)
-  if not 0 < value <= 1:
-    raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
-  return value
+class _Patterns(argparse.Action):
+  """One or more values, each a comma-separated list of file patterns, kept as one comma-separated string.
+
+  An unquoted glob the shell expanded (``--right items/*.gz``) arrives as several values: every one is used.
+  """
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    setattr(namespace, self.dest, ",".join(values))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,11 +108,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def make_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="python -m beam_job", description=(
+  # allow_abbrev=False: an abbreviated flag (--index for --index_features) is an error, as in Beam's parser.
+  parser = _Parser(prog="python -m beam_job", allow_abbrev=False, description=(
       "Writes every pairwise combination of two TFRecord datasets of tf.train.Example, each pair merged into "
-      "one Example. Flags not listed here go to Beam's PipelineOptions."))
-  parser.add_argument("--left", required=True, help="File pattern(s), comma-separated, of the left dataset.")
-  parser.add_argument("--right", help="File pattern(s) of the right dataset; omitted: pair --left with itself.")
+      "one Example. Other flags go to Beam's PipelineOptions; a flag neither knows is an error."))
+  parser.add_argument("--left", required=True, nargs="+", action=_Patterns,
+                      help="File pattern(s) of the left dataset: one or more values, each comma-separated.")
+  parser.add_argument("--right", nargs="+", action=_Patterns,
+                      help="File pattern(s) of the right dataset, as --left; omitted: pair --left with itself.")
   parser.add_argument("--output", required=True, help="Output prefix: PREFIX-SSSSS-of-NNNNN.tfrecord.")
   parser.add_argument("--compression", default="auto", choices=sources.COMPRESSIONS,
                       help="Input compression; auto decides by file extension (.gz, .zlib, .deflate).")
@@ -80,11 +127,12 @@ def make_parser() -> argparse.ArgumentParser:
   parser.add_argument("--self_join", default=None, choices=planning.SELF_JOINS,
                       help="Which pairs of --left with itself (only without --right); default product.")
   parser.add_argument("--on_corrupt", default="fail", choices=transforms.ON_CORRUPT)
-  parser.add_argument("--max_pairs", type=_non_negative_int, default=1_000_000_000,
-                      help="Refuse, before writing, a job with more pairs than this.")
+  parser.add_argument("--max_pairs", type=count, default=1_000_000_000,
+                      help="Refuse, before writing, a job with more pairs than this (0 to 2**63 - 1; 1e9, 1_000 "
+                      "and 1,000 forms accepted).")
   parser.add_argument("--strategy", default="auto", choices=transforms.STRATEGIES)
-  parser.add_argument("--target_shard_mb", type=_positive_float, default=256.0,
-                      help="Approximate size of one output shard (one cell), in MB (10^6 bytes).")
+  parser.add_argument("--target_shard_mb", type=_shard_mb, default=256.0,
+                      help="Approximate size of one output shard (one cell), in MB (10^6 bytes); at most 1e6.")
   parser.add_argument("--overwrite", action="store_true",
                       help="Replace the shards and summary of an earlier run under the same prefix.")
   parser.add_argument("--left_features", type=_names, help="Keep only these left features (names before prefixing).")
@@ -92,35 +140,48 @@ def make_parser() -> argparse.ArgumentParser:
   parser.add_argument("--index_features", action="store_true",
                       help="Add each record's ordinal as an int64 feature 'index' on each side (renamed by prefixes).")
   parser.add_argument("--sample_rate", type=_rate, default=1.0,
-                      help="Keep each pair independently with this probability, decided by --seed.")
-  parser.add_argument("--seed", type=int, default=0, help="Seed of --sample_rate.")
+                      help="Keep each pair independently with this probability (1e-12 to 1), decided by --seed.")
+  parser.add_argument("--seed", type=_seed, default=0, help="Seed of --sample_rate: -2**63 to 2**63 - 1.")
   parser.add_argument("--dry_run", action="store_true",
                       help="Read the inputs, print the plan and exit without writing anything.")
   return parser
 
 
-def _beam_flags() -> set:
-  """Every flag some registered Beam ``PipelineOptions`` class defines."""
-  collector = argparse.ArgumentParser(add_help=False, conflict_handler="resolve")
-  pending = list(PipelineOptions.__subclasses__())
-  while pending:
-    options_class = pending.pop()
-    pending.extend(options_class.__subclasses__())
-    options_class._add_argparse_args(collector)  # pylint: disable=protected-access
-  return {flag for action in collector._actions for flag in action.option_strings}  # pylint: disable=protected-access
+def _beam_parser() -> argparse.ArgumentParser:
+  """The parser Beam builds from every registered ``PipelineOptions`` class, as ``get_all_options`` does (its
+  public ``add_extra_args_fn`` hook hands it over), copied into one whose errors are JobErrors."""
+  built = []
+  PipelineOptions([]).get_all_options(add_extra_args_fn=built.append)
+  return _Parser(add_help=False, allow_abbrev=False, parents=built)
+
+
+def _check_runner(runner: Optional[str]) -> None:
+  """A misspelled --runner fails only when the pipeline is built, with a traceback; refused here instead. Beam
+  also takes a known name without its 'Runner' suffix, in any case, and any dotted class path."""
+  if not runner or "." in runner:
+    return
+  names = {path.rsplit(".", 1)[-1].lower() for path in StandardOptions.ALL_KNOWN_RUNNERS}
+  if runner.lower() in names or runner.lower() + "runner" in names:
+    return
+  close = difflib.get_close_matches(runner, StandardOptions.KNOWN_RUNNER_NAMES, n=1, cutoff=0.8)
+  raise JobError(f"unknown --runner {runner}" + (f"; did you mean {close[0]}?" if close else ""))
 
 
 def _check_beam_flags(parser: argparse.ArgumentParser, beam_args: List[str]) -> None:
-  """A flag that neither the job nor Beam knows and that looks like one of the job's is a typo: Beam would only
-  warn and drop it, and the job would run with the default."""
-  ours = [flag for action in parser._actions for flag in action.option_strings]  # pylint: disable=protected-access
-  known = _beam_flags()
-  for arg in beam_args:
-    flag = arg.split("=", 1)[0]
-    if flag.startswith("--") and flag not in known:
-      close = difflib.get_close_matches(flag, ours, n=1, cutoff=0.8)
-      if close:
-        raise JobError(f"unknown flag {flag}; did you mean {close[0]}?")
+  """What the job's parser left must all be Beam's flags, with valid values: Beam would only warn about the
+  rest and drop it (``--runer=DataflowRunner`` would run locally), and a stray value means a file was lost."""
+  beam = _beam_parser()
+  beam_options, unknown = beam.parse_known_args(beam_args)
+  if unknown and not unknown[0].startswith("-"):
+    raise JobError(f"unexpected argument {unknown[0]!r}: only --left and --right take several values")
+  if unknown:
+    flag = unknown[0].split("=", 1)[0]
+    known = sorted({option for p in (parser, beam) for action in p._actions  # pylint: disable=protected-access
+                    for option in action.option_strings if option.startswith("--")})
+    extending = [name for name in known if name.startswith(flag)]  # an abbreviation
+    close = extending if len(extending) == 1 else difflib.get_close_matches(flag, known, n=1, cutoff=0.8)
+    raise JobError(f"unknown flag {flag}" + (f"; did you mean {close[0]}?" if close else ""))
+  _check_runner(beam_options.runner)
 
 
 def _check_output(args, patterns: List[str], inputs: List[str]) -> None:

@@ -10,6 +10,7 @@ import functools
 import math
 from typing import Dict, FrozenSet, Optional, Tuple
 
+from beam_job import sampling
 from beam_job.errors import JobError
 
 # ``--strategy auto`` broadcasts the right side when its encoded records take at most this many bytes: every
@@ -18,6 +19,10 @@ BROADCAST_MAX_BYTES = 64 << 20
 # Frame (16 bytes) plus the Example header (at most 6 bytes for records under 4 GB).
 PAIR_OVERHEAD_BYTES = 20
 SELF_JOINS = ("product", "combinations", "combinations_with_replacement")
+# Bounds of --max_pairs and --target_shard_mb: counts stay int64 for whoever reads the summary, and a shard of
+# at most 1 TB keeps the byte target, and what is computed from it, finite.
+MAX_PAIRS = (1 << 63) - 1
+MAX_TARGET_SHARD_MB = 1e6
 SIDES = ("left", "right")
 
 
@@ -194,7 +199,7 @@ def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Op
   if strategy == "auto":
     strategy = "broadcast" if right.payload_bytes <= BROADCAST_MAX_BYTES else "grid"
   pair_bytes = (left.payload_bytes / max(n, 1)) + (right.payload_bytes / max(m, 1)) + PAIR_OVERHEAD_BYTES
-  pairs_per_cell = max(1, int(target_shard_bytes / pair_bytes / max(sample_rate, 1e-12)))
+  pairs_per_cell = max(1, int(target_shard_bytes / pair_bytes / max(sample_rate, sampling.MIN_RATE)))
   square = self_join in ("combinations", "combinations_with_replacement") and strategy == "grid"
   row_chunk, col_chunk = _chunks(n, m, pairs_per_cell, strategy, square)
   cells = []

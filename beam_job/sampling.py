@@ -14,6 +14,11 @@ from typing import Iterator
 
 BLOCK = 1 << 16
 _MASK = (1 << 64) - 1
+# The smallest rate: a gap is log(u) / log1p(-rate) with log(u) >= -37.5, so at 1e-12 a gap stays below 4e13
+# columns; at 5e-324 it is infinite. The plan divides by the rate too.
+MIN_RATE = 1e-12
+# The seed is hashed as a signed 64-bit integer.
+MIN_SEED, MAX_SEED = -(1 << 63), (1 << 63) - 1
 
 
 def _seed(seed: int, row: int, block: int) -> int:

@@ -8,7 +8,6 @@ records, ``index`` their position in it) and writes every pair's merged Example 
 import dataclasses
 import json
 import logging
-import math
 import time
 import uuid
 from typing import List, NamedTuple, Optional, Tuple
@@ -17,7 +16,8 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.pvalue import AsList, AsSingleton
 
-from beam_job import cells, describe, examples, lease, output_schema, outputs, planning, publish, sinks, sources
+from beam_job import (cells, describe, examples, lease, output_schema, outputs, planning, publish, sampling, sinks,
+                      sources)
 from beam_job.errors import JobError
 
 _LOG = logging.getLogger(__name__)
@@ -388,14 +388,27 @@ class PairOptions:
                                  ("output_compression", self.output_compression, OUTPUT_COMPRESSIONS)):
       if value not in allowed:
         raise JobError(f"--{flag} must be one of {', '.join(allowed)}, not {value!r}")
+    # The same bounds as the command line's (beam_job.cli), for callers who build the options in Python.
+    for flag, value in (("max_pairs", self.max_pairs), ("seed", self.seed)):
+      if not isinstance(value, int) or isinstance(value, bool):
+        raise JobError(f"--{flag} must be a whole number, not {value!r}")
     if self.max_pairs < 0:
       raise JobError(f"--max_pairs must be at least 0, not {self.max_pairs}")
+    if self.max_pairs > planning.MAX_PAIRS:
+      raise JobError(f"--max_pairs must be at most {planning.MAX_PAIRS:,} (2**63 - 1), not {self.max_pairs}")
     if not self.target_shard_mb > 0:
       raise JobError(f"--target_shard_mb must be positive, not {self.target_shard_mb}")
-    if not math.isfinite(self.target_shard_mb):
-      raise JobError(f"--target_shard_mb must be finite, not {self.target_shard_mb}")
+    if not self.target_shard_mb <= planning.MAX_TARGET_SHARD_MB:
+      raise JobError(f"--target_shard_mb must be at most {planning.MAX_TARGET_SHARD_MB:,.0f} (one TB), "
+                     f"not {self.target_shard_mb}")
     if not 0 < self.sample_rate <= 1:
       raise JobError(f"--sample_rate must be in (0, 1], not {self.sample_rate}")
+    if self.sample_rate < sampling.MIN_RATE:
+      raise JobError(f"--sample_rate must be at least {sampling.MIN_RATE:g}, the smallest supported rate, "
+                     f"not {self.sample_rate}")
+    if not sampling.MIN_SEED <= self.seed <= sampling.MAX_SEED:
+      raise JobError(f"--seed must be a whole number from {sampling.MIN_SEED} to {sampling.MAX_SEED} "
+                     f"(64-bit signed), not {self.seed}")
     if not self.output:
       raise JobError("--output must name a prefix")
 

@@ -75,9 +75,9 @@ def _frames(path: str, compression: str) -> List[bytes]:
 def verify(argv: Optional[List[str]] = None) -> str:
   parser = cli.make_parser()
   parser.prog = "python -m beam_job.verify"
-  parser.add_argument("--full_check_max", type=int, default=5_000_000,
+  parser.add_argument("--full_check_max", type=cli.count, default=5_000_000,
                       help="Compare every record when the output has at most this many pairs.")
-  parser.add_argument("--sample_shards", type=int, default=4, help="Shards compared record by record otherwise.")
+  parser.add_argument("--sample_shards", type=cli.count, default=4, help="Shards compared record by record otherwise.")
   parser.add_argument("--verify_seed", type=int, default=0)
   args = parser.parse_args(argv)
   options = PairOptions(**cli.pair_options(args))

@@ -705,7 +705,8 @@ def test_error_output_is_prefix_of_input_files(data, tmp_path, capsys):
     (["--target_shard_mb", "0"], "argument --target_shard_mb: must be positive, not 0"),
     (["--target_shard_mb", "-1"], "argument --target_shard_mb: must be positive, not -1"),
     (["--max_pairs", "-1"], "argument --max_pairs: must be at least 0, not -1"),
-    (["--max_pairs", "many"], "argument --max_pairs: invalid"),
+    (["--max_pairs", "many"],
+     "argument --max_pairs: must be a whole number (1000000, 1_000_000, 1,000,000 or 1e6), not many"),
 ], ids=lambda v: v[0] if isinstance(v, list) else None)
 def test_error_bad_flag_values(data, tmp_path, capsys, flags, message):
   prefix = str(tmp_path / "pairs")

@@ -215,7 +215,7 @@ BAD = {
     "output": ["", " ", "gs://b/out-*", "gs://b/out "],
     "left_prefix": ["my prefix", "a,b"],
     "right_prefix": ["my prefix", "a,b"],
-    "max_pairs": ["-1", "ten", "", "1e9"],
+    "max_pairs": ["-1", "ten", "", "1.5"],  # 1e9: the CLI takes it, the template regex (digits only) does not
     "target_shard_mb": ["0", "-5", "abc", "", "0.0"],
     "left_features": ["", ","],
     "right_features": ["", ","],
