@@ -11,10 +11,12 @@ import contextlib
 import gzip
 import lzma
 import os
+import re
+import stat
 import zlib
-from typing import BinaryIO, Iterator, List, Sequence
+from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from beam_job import tfrecord
@@ -36,11 +38,20 @@ def split_patterns(value: str) -> List[str]:
 
 
 def match_files(patterns: Sequence[str], flag: str) -> List[str]:
-  """Every file the patterns match, sorted and without repeats; a pattern that matches nothing is an error."""
+  """Every file the patterns match, sorted and without repeats.
+
+  A pattern that matches nothing is an error, and so is a local path it matches that cannot be read as a file
+  (see ``_not_files``).
+  """
   if not patterns:
     raise JobError(f"{flag} names no file pattern")
   paths = set()
   for pattern in patterns:
+    bad = _not_files(pattern)
+    if bad:
+      path, problem = bad[0]
+      more = f" (and {len(bad) - 1} more inputs that are not files)" if len(bad) > 1 else ""
+      raise JobError(f"{flag}: {path} {problem}{more}")
     try:
       found = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:  # Beam raises BeamIOError with a dict of causes
@@ -49,6 +60,75 @@ def match_files(patterns: Sequence[str], flag: str) -> List[str]:
       raise JobError(f"{flag} pattern {pattern!r} matches no file")
     paths.update(meta.path for meta in found)
   return sorted(paths)
+
+
+_SPECIAL = ((stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file: the job reads each input more than "
+             "once, so write the data to a file"),
+            (stat.S_ISSOCK, "is a socket, not a regular file"),
+            (stat.S_ISCHR, "is a character device, not a regular file"),
+            (stat.S_ISBLK, "is a block device, not a regular file"))
+
+
+def _problem(path: str, directories: bool = True) -> Optional[str]:
+  """Why the local ``path`` cannot be read as a file (following links), or None; a missing path is None."""
+  try:
+    mode = os.stat(path).st_mode
+  except FileNotFoundError:
+    if not os.path.islink(path):
+      return None
+    return (f"is a symbolic link to {os.readlink(path)!r}, which does not exist (a git-annex or DVC file whose "
+            "content is not here?)")
+  except OSError as e:
+    return f"cannot be read as a file: {e.strerror}"
+  if stat.S_ISREG(mode):
+    return None
+  if stat.S_ISDIR(mode):
+    if not directories:
+      return None
+    return f"is a directory, not a TFRecord file; to read the files in it, pass '{os.path.join(path, '*')}'"
+  return next((problem for test, problem in _SPECIAL if test(mode)), "is not a regular file")
+
+
+def _not_files(pattern: str) -> List[Tuple[str, str]]:
+  """The local paths ``pattern`` matches that cannot be read as files, sorted, each with the reason.
+
+  Beam's local match lists what ``os.walk`` calls files and drops what it cannot stat: a glob skips dangling
+  links (a git-annex or DVC folder whose content was not fetched), directories and links to them without a
+  word, while a literal directory is matched and fails later with a long traceback, and a FIFO is matched and
+  then blocks the read forever. This walks the same tree the way Beam does (not into linked directories) and
+  stats only links and entries that are not plain files, so it costs one ``scandir`` per folder. URLs are
+  left to their filesystem: only local paths have these kinds of entries.
+  """
+  if FileSystems.get_scheme(pattern) is not None:
+    return []
+  if pattern.endswith(os.sep):
+    pattern += "*"
+  prefix = re.match(r"^[^[*?]*", pattern).group(0)
+  if prefix == pattern:
+    problem = _problem(pattern)
+    return [(pattern, problem)] if problem else []
+  matches = re.compile(FileSystem.translate_pattern(pattern)).match
+  # A pattern of only single "*" wildcards matches at one depth; "**", "?" and "[/]" can match "/" too.
+  deepest = pattern.count(os.sep) if not re.search(r"\*\*|[?[]", pattern) else None
+  recursive = "**" in pattern  # the files in a directory it matches are matched too
+  bad, folders = [], [os.path.dirname(prefix)]
+  while folders:
+    folder = folders.pop()
+    try:
+      entries = list(os.scandir(folder))
+    except OSError:  # os.walk, and so Beam, skip a folder they cannot list
+      continue
+    for entry in entries:
+      if entry.is_file(follow_symlinks=False):
+        continue
+      is_dir = entry.is_dir(follow_symlinks=False)
+      if is_dir and (deepest is None or entry.path.count(os.sep) < deepest):
+        folders.append(entry.path)
+      if matches(entry.path):
+        problem = _problem(entry.path, directories=not (is_dir and recursive))
+        if problem:
+          bad.append((entry.path, problem))
+  return sorted(bad)
 
 
 def detect_compression(path: str, compression: str) -> str:

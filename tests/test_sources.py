@@ -239,6 +239,141 @@ def test_match_files_no_match_names_the_pattern(tmp_path, name):
   assert str(info.value) == f"--right pattern {pattern!r} matches no file"
 
 
+# --- inputs that cannot be read as files ------------------------------------------------------------------
+
+_DANGLING = "is a symbolic link to {target!r}, which does not exist (a git-annex or DVC file whose content is not here?)"
+_FIFO = ("is a named pipe (FIFO), not a regular file: the job reads each input more than once, so write the data to "
+         "a file")
+
+
+def _directory(path) -> str:
+  return f"is a directory, not a TFRecord file; to read the files in it, pass '{path}/*'"
+
+
+def _match_error(patterns, flag="--left") -> str:
+  with pytest.raises(JobError) as info:
+    sources.match_files([str(p) for p in patterns], flag)
+  return str(info.value)
+
+
+@pytest.fixture
+def folder(tmp_path):
+  """A folder with one good file, as in a checkout: errors below come from the entries each test adds."""
+  (tmp_path / "a.tfrecord").write_bytes(b"")
+  return tmp_path
+
+
+def test_dangling_link_matched_by_a_glob(folder):
+  # git-annex and DVC keep unfetched files as links to content that is not there; Beam's match drops them.
+  os.symlink("../.git/annex/objects/xx/SHA256E-s1--0", folder / "b.tfrecord")
+  assert _match_error([folder / "*.tfrecord"]) == \
+      f"--left: {folder / 'b.tfrecord'} " + _DANGLING.format(target="../.git/annex/objects/xx/SHA256E-s1--0")
+
+
+def test_only_dangling_links_name_the_link_not_no_match(tmp_path):
+  for name in ("a.tfrecord", "b.tfrecord", "c.tfrecord"):
+    os.symlink("missing-" + name, tmp_path / name)
+  assert _match_error([tmp_path / "*.tfrecord"], "--right") == \
+      f"--right: {tmp_path / 'a.tfrecord'} " + _DANGLING.format(target="missing-a.tfrecord") + \
+      " (and 2 more inputs that are not files)"
+
+
+def test_dangling_link_given_by_name(folder):
+  os.symlink("nowhere", folder / "b.tfrecord")
+  assert _match_error([folder / "b.tfrecord"]) == f"--left: {folder / 'b.tfrecord'} " + _DANGLING.format(target="nowhere")
+
+
+@pytest.mark.parametrize("glob", [False, True])
+def test_fifo(folder, glob):
+  os.mkfifo(folder / "b.tfrecord")
+  pattern = folder / ("*.tfrecord" if glob else "b.tfrecord")
+  assert _match_error([pattern]) == f"--left: {folder / 'b.tfrecord'} {_FIFO}"
+
+
+def test_socket(folder):
+  import socket  # pylint: disable=import-outside-toplevel
+  path = folder / "b.tfrecord"
+  if len(str(path)) > 100:
+    pytest.skip("path too long for a unix socket")
+  with socket.socket(socket.AF_UNIX) as server:
+    server.bind(str(path))
+    assert _match_error([folder / "*"]) == f"--left: {path} is a socket, not a regular file"
+
+
+def test_character_device():
+  assert _match_error(["/dev/null"]) == "--left: /dev/null is a character device, not a regular file"
+
+
+@pytest.mark.parametrize("name", ["data", "data/"])
+def test_directory_given_as_the_pattern(tmp_path, name):
+  (tmp_path / "data").mkdir()
+  (tmp_path / "data" / "a.tfrecord").write_bytes(b"")
+  pattern = sources.split_patterns(str(tmp_path / name))
+  assert _match_error(pattern) == f"--left: {tmp_path / 'data'} {_directory(tmp_path / 'data')}"
+  assert sources.match_files([str(tmp_path / "data" / "*")], "--left") == [str(tmp_path / "data" / "a.tfrecord")]
+
+
+def test_directory_matched_by_a_glob(folder):
+  # Beam's match leaves it out: the records in it would not be read, without a word.
+  (folder / "b.tfrecord").mkdir()
+  (folder / "b.tfrecord" / "part-0").write_bytes(b"")
+  assert _match_error([folder / "*.tfrecord"]) == f"--left: {folder / 'b.tfrecord'} {_directory(folder / 'b.tfrecord')}"
+
+
+def test_link_to_a_directory_matched_by_a_recursive_glob(folder):
+  # "**" reads the files of the folders it matches, but Beam's walk does not follow a link to one.
+  (folder / "sub").mkdir()
+  (folder / "sub" / "c.tfrecord").write_bytes(b"")
+  (folder / "elsewhere").mkdir()
+  os.symlink(folder / "elsewhere", folder / "sub" / "linked")
+  assert _match_error([folder / "**"]) == f"--left: {folder / 'sub' / 'linked'} {_directory(folder / 'sub' / 'linked')}"
+
+
+def test_recursive_glob_reads_subfolders(folder):
+  (folder / "sub").mkdir()
+  (folder / "sub" / "c.tfrecord").write_bytes(b"")
+  os.symlink(folder / "a.tfrecord", folder / "sub" / "link.tfrecord")
+  assert sources.match_files([str(folder / "**")], "--left") == \
+      [str(folder / "a.tfrecord"), str(folder / "sub" / "c.tfrecord"), str(folder / "sub" / "link.tfrecord")]
+
+
+def test_glob_ignores_what_it_does_not_match(folder):
+  os.symlink("nowhere", folder / "b.other")
+  os.mkfifo(folder / "c.other")
+  (folder / "d").mkdir()
+  (folder / "d" / "x.tfrecord").write_bytes(b"")
+  os.symlink("nowhere", folder / "d" / "y.tfrecord")  # one level deeper than "*.tfrecord"
+  assert sources.match_files([str(folder / "*.tfrecord")], "--left") == [str(folder / "a.tfrecord")]
+
+
+def test_link_loop(folder):
+  os.symlink("loop2", folder / "loop1.tfrecord")
+  os.symlink("loop1.tfrecord", folder / "loop2")
+  assert _match_error([folder / "*.tfrecord"]) == \
+      f"--left: {folder / 'loop1.tfrecord'} cannot be read as a file: Too many levels of symbolic links"
+
+
+def test_link_to_a_file_is_read(folder):
+  os.symlink("a.tfrecord", folder / "b.tfrecord")
+  assert sources.match_files([str(folder / "*")], "--left") == [str(folder / "a.tfrecord"), str(folder / "b.tfrecord")]
+
+
+def test_urls_are_left_to_their_filesystem():
+  assert sources._not_files("gs://bucket/missing/*") == []  # pylint: disable=protected-access
+
+
+def test_file_check_walks_only_the_depth_a_glob_can_match(folder, monkeypatch):
+  (folder / "d" / "e").mkdir(parents=True)
+  listed = []
+  real = os.scandir
+  monkeypatch.setattr(sources.os, "scandir", lambda path: listed.append(path) or real(path))
+  assert sources._not_files(str(folder / "*.tfrecord")) == []  # pylint: disable=protected-access
+  assert listed == [str(folder)]
+  listed.clear()
+  assert sources._not_files(str(folder / "*" / "*.tfrecord")) == []  # pylint: disable=protected-access
+  assert sorted(listed) == [str(folder), str(folder / "d")]
+
+
 # --- resources and cost ------------------------------------------------------------------------------------
 
 
