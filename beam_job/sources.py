@@ -154,39 +154,67 @@ _DECOMPRESSORS = {"zlib": zlib.decompressobj, "bzip2": bz2.BZ2Decompressor, "lzm
 _DECOMPRESS_ERRORS = (zlib.error, OSError, lzma.LZMAError, EOFError)
 
 
+# Compressed bytes read at a time, and the most decompressed bytes one call may produce beyond what was asked:
+# 1 MB of zlib data can hold 1 GB of zeros, so output is always asked for with a limit.
+_RAW_CHUNK = 1 << 20
+_OUT_CHUNK = 1 << 20
+
+
 class _StrictReader:
   """A read-only stream over zlib, bzip2 or xz/lzma data that fails when the stream is damaged or cut off.
 
   bzip2 and xz files may hold several streams one after the other (pbzip2, xz -T): each is read in turn.
-  Bytes after the end of a zlib stream are ignored, as TensorFlow's reader does.
+  Bytes after the end of a zlib stream are ignored, as TensorFlow's reader does. It holds at most one chunk
+  of compressed input and what was asked for plus one chunk of output, whatever the data decompresses to.
   """
 
   def __init__(self, raw: BinaryIO, kind: str):
     self._raw = raw
     self._kind = kind
     self._decompressor = _DECOMPRESSORS[kind]()
+    self._input = b""  # compressed bytes not yet given to the decompressor (zlib's unconsumed tail)
     self._buffer = bytearray()
 
-  def _fill(self, size: int) -> None:
-    while len(self._buffer) < size:
-      if self._decompressor.eof:
-        rest = self._decompressor.unused_data or self._raw.read(1 << 20)
+  def _decompress(self, limit: int) -> bytes:
+    """At most ``limit`` more decompressed bytes, at least one; b"" at the clean end of the data."""
+    while True:
+      decompressor = self._decompressor
+      if decompressor.eof:
+        rest = self._input or decompressor.unused_data or self._raw.read(_RAW_CHUNK)
         if self._kind == "zlib" or not rest:
-          return
-        self._decompressor = _DECOMPRESSORS[self._kind]()
-      else:
-        rest = self._raw.read(1 << 20)
-        if not rest:
+          return b""
+        self._decompressor, self._input = _DECOMPRESSORS[self._kind](), rest
+        continue
+      if not self._input and (self._kind == "zlib" or decompressor.needs_input):
+        self._input = self._raw.read(_RAW_CHUNK)
+        if not self._input:
           raise BadCompressedData(f"{self._kind} stream ended before its end marker")
+      data, self._input = self._input, b""
       try:
-        self._buffer += self._decompressor.decompress(rest)
+        out = decompressor.decompress(data, limit)
       except _DECOMPRESS_ERRORS as e:
         raise BadCompressedData(str(e)) from None
+      if self._kind == "zlib":
+        self._input = decompressor.unconsumed_tail
+      if out:
+        return out
 
   def read(self, size: int) -> bytes:
-    self._fill(size)
-    out = bytes(self._buffer[:size])
-    del self._buffer[:size]
+    buffer = self._buffer
+    while len(buffer) < size:
+      out = self._decompress(max(size - len(buffer), _OUT_CHUNK))
+      if not out:
+        break
+      if not buffer and len(out) >= size:  # most reads of a large piece: no copy through the buffer
+        buffer += memoryview(out)[size:]
+        return out[:size] if len(out) > size else out
+      buffer += out
+    if len(buffer) <= size:
+      out = bytes(buffer)
+      buffer.clear()
+      return out
+    out = bytes(memoryview(buffer)[:size])
+    del buffer[:size]
     return out
 
   def close(self):
@@ -218,6 +246,10 @@ def open_input(path: str, compression: str, stack: contextlib.ExitStack) -> Bina
   return raw
 
 
+def _size(path: str) -> int:
+  return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+
+
 def read_file(path: str, compression: str) -> Iterator[tfrecord.Record]:
   """The frames of one file; a decompression failure becomes a last corrupt record that loses the rest.
 
@@ -228,9 +260,10 @@ def read_file(path: str, compression: str) -> Iterator[tfrecord.Record]:
   try:
     with contextlib.ExitStack() as stack:
       stream = _Counting(open_input(path, compression, stack))
-      if kind != "uncompressed" and FileSystems.match([path])[0].metadata_list[0].size_in_bytes == 0:
+      if kind != "uncompressed" and _size(path) == 0:
         raise EOFError("the file is empty, not even a stream header")
-      for record in tfrecord.read_frames(stream):
+      size = (lambda: _size(path)) if kind == "uncompressed" else None  # asked only for a frame of over 1 MB
+      for record in tfrecord.read_frames(stream, size):
         if record.index == 0 and record.rest_lost and kind == "uncompressed":
           record = record._replace(problem=record.problem + " (if the file is compressed, set --compression)")
         yield record

@@ -1,7 +1,13 @@
 """beam_job.sources: strict decompression, compression detection and file matching."""
 
+import bz2
 import gzip
+import json
+import lzma
 import os
+import struct
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -409,6 +415,101 @@ def test_io_error_is_not_reported_as_corrupt_data(tmp_path):
     list(sources.read_file(missing, "auto"))
 
 
+# --- memory: bounded by the bytes really in the file, whatever a frame claims --------------------------------
+
+# Reads each file given in a fresh peak (Linux resets the process's peak resident size on "5" written to
+# clear_refs) and prints how far the peak rose above the resident size before the read.
+_PEAK = r"""
+import json, re, sys
+from beam_job import sources
+
+def status(key):
+  with open("/proc/self/status") as f:
+    return int(re.search(key + r":\s+(\d+) kB", f.read()).group(1)) << 10
+
+out = {}
+for path in sys.argv[1:]:
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+  before = status("VmRSS")
+  records = list(sources.read_file(path, "auto"))
+  out[path] = [status("VmHWM") - before, records[-1].problem]
+print(json.dumps(out))
+"""
+_MIB = 1 << 20
+# Pieces, the decompressors' windows and dictionaries (xz: 8 MiB by default), the interpreter's own slack.
+_FIXED = 24 * _MIB
+
+
+def _compressor(kind):
+  return {"": None, ".gz": lambda: zlib.compressobj(9, zlib.DEFLATED, 31), ".zlib": lambda: zlib.compressobj(9),
+          ".bz2": lambda: bz2.BZ2Compressor(9), ".xz": lzma.LZMACompressor}[kind]
+
+
+def _write_streamed(path, head: bytes, zeros: int, kind: str) -> str:
+  """``head`` then ``zeros`` zero bytes, compressed as ``kind`` (a suffix), without holding them in memory."""
+  make = _compressor(kind)
+  compressor = make() if make else None
+  with open(path, "wb") as f:
+    for chunk in [head] + [bytes(_MIB)] * (zeros // _MIB):
+      f.write(compressor.compress(chunk) if compressor else chunk)
+    if compressor:
+      f.write(compressor.flush())
+  return str(path)
+
+
+def _peaks(paths):
+  out = subprocess.run([sys.executable, "-c", _PEAK, *paths], check=True, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=os.getcwd()))
+  return json.loads(out.stdout)
+
+
+def test_forged_length_costs_no_more_memory_than_the_file_holds(tmp_path):
+  # A frame claiming 2^60 bytes, then 64 MiB of zeros: a few hundred KB compressed. The reader can hold the
+  # zeros it really reads, never a copy of them, nor what the header claims; an uncompressed file's size
+  # tells at once that the frame cannot be there.
+  zeros = 64 * _MIB
+  length = struct.pack("<Q", 2 ** 60)
+  head = b"".join((tfrecord.frame(b"ok"), length, struct.pack("<I", tfrecord.masked_crc(length))))
+  kinds = ["", ".gz", ".zlib", ".bz2", ".xz"]
+  paths = [_write_streamed(tmp_path / f"forged.tfrecord{kind}", head, zeros, kind) for kind in kinds]
+  peaks = _peaks(paths)
+  for kind, path in zip(kinds, paths):
+    growth, problem = peaks[path]
+    assert problem.startswith(f"record claims {2 ** 60} bytes but the file ends after {zeros - 4}"), kind
+    assert growth < (_FIXED if kind == "" else zeros + _FIXED), (kind, growth / _MIB)
+
+
+def test_compressed_bomb_is_decompressed_only_as_far_as_read(tmp_path):
+  # 128 MiB of zeros after a bad length CRC, all in the first chunk of compressed bytes (~130 KB of zlib,
+  # ~20 KB of xz): reading stops at the bad header, so nothing of the zeros is held.
+  head = tfrecord.frame(b"ok") + b"\x01" * 12
+  kinds = [".gz", ".zlib", ".xz"]
+  paths = [_write_streamed(tmp_path / f"bomb.tfrecord{kind}", head, 128 * _MIB, kind) for kind in kinds]
+  peaks = _peaks(paths)
+  for kind, path in zip(kinds, paths):
+    growth, problem = peaks[path]
+    assert problem == "bad length CRC", kind
+    assert growth < _FIXED, (kind, growth / _MIB)
+
+
+@pytest.mark.parametrize("kind", [".zlib", ".bz2", ".xz"])
+def test_strict_reader_holds_what_was_asked_plus_one_chunk(tmp_path, kind):
+  path = _write_streamed(tmp_path / f"zeros{kind}", b"", 32 * _MIB, kind)
+  with open(path, "rb") as raw:
+    reader = sources._StrictReader(raw, {".zlib": "zlib", ".bz2": "bzip2", ".xz": "lzma"}[kind])  # pylint: disable=protected-access
+    assert reader.read(12) == bytes(12)
+    assert len(reader._buffer) <= sources._OUT_CHUNK  # pylint: disable=protected-access
+    total = 12
+    while True:
+      piece = reader.read(3 * _MIB + 5)
+      if not piece:
+        break
+      assert len(reader._buffer) <= sources._OUT_CHUNK  # pylint: disable=protected-access
+      total += len(piece)
+  assert total == 32 * _MIB
+
+
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from tests.test_tfrecord import FUZZ_EXAMPLES  # noqa: E402
@@ -442,9 +543,6 @@ def test_fuzz_mutated_compressed_files(tmp_path, payloads, kind, data):
     if record.rest_lost:
       assert i == len(records) - 1
 
-
-import bz2  # noqa: E402
-import lzma  # noqa: E402
 
 _PAYLOADS = [b"p%03d" % i * 7 for i in range(50)]
 _RAW = b"".join(tfrecord.frame(p) for p in _PAYLOADS)
