@@ -342,12 +342,14 @@ def test_field_2_of_another_wire_type_has_no_sequence_hint():
   assert str(info.value) == f"payload has field 2 (varint), {_EXAMPLE_FIELDS}"
 
 
-@pytest.mark.parametrize("extra, found", [(b"\x10\x01", "field 2 (varint)"), (b"\x1a\x00", "field 3 (length-delimited)")])
+@pytest.mark.parametrize("extra, found", [(b"\x10\x01", "field 2 (varint)"),
+                                          (b"\x1a\x00", "field 3 (length-delimited)")])
 def test_unknown_field_in_features_is_corrupt(extra, found):
   features = make_example({"a": [1]})[2:] + extra  # the Features bytes of a one-byte-length Example, then more
   with pytest.raises(ValueError) as info:
     prepare(_ld(0x0A, features))
-  assert str(info.value) == f"payload's Features has {found}, not a tf.train.Example (Features has only field 1, the map)"
+  assert str(info.value) == \
+      f"payload's Features has {found}, not a tf.train.Example (Features has only field 1, the map)"
 
 
 @pytest.mark.parametrize("entry", [

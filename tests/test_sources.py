@@ -247,7 +247,8 @@ def test_match_files_no_match_names_the_pattern(tmp_path, name):
 
 # --- inputs that cannot be read as files ------------------------------------------------------------------
 
-_DANGLING = "is a symbolic link to {target!r}, which does not exist (a git-annex or DVC file whose content is not here?)"
+_DANGLING = ("is a symbolic link to {target!r}, which does not exist (a git-annex or DVC file whose content is not "
+             "here?)")
 _FIFO = ("is a named pipe (FIFO), not a regular file: the job reads each input more than once, so write the data to "
          "a file")
 
@@ -286,7 +287,8 @@ def test_only_dangling_links_name_the_link_not_no_match(tmp_path):
 
 def test_dangling_link_given_by_name(folder):
   os.symlink("nowhere", folder / "b.tfrecord")
-  assert _match_error([folder / "b.tfrecord"]) == f"--left: {folder / 'b.tfrecord'} " + _DANGLING.format(target="nowhere")
+  assert _match_error([folder / "b.tfrecord"]) == \
+      f"--left: {folder / 'b.tfrecord'} " + _DANGLING.format(target="nowhere")
 
 
 @pytest.mark.parametrize("glob", [False, True])
@@ -497,7 +499,8 @@ def test_compressed_bomb_is_decompressed_only_as_far_as_read(tmp_path):
 def test_strict_reader_holds_what_was_asked_plus_one_chunk(tmp_path, kind):
   path = _write_streamed(tmp_path / f"zeros{kind}", b"", 32 * _MIB, kind)
   with open(path, "rb") as raw:
-    reader = sources._StrictReader(raw, {".zlib": "zlib", ".bz2": "bzip2", ".xz": "lzma"}[kind])  # pylint: disable=protected-access
+    kinds = {".zlib": "zlib", ".bz2": "bzip2", ".xz": "lzma"}
+    reader = sources._StrictReader(raw, kinds[kind])  # pylint: disable=protected-access
     assert reader.read(12) == bytes(12)
     assert len(reader._buffer) <= sources._OUT_CHUNK  # pylint: disable=protected-access
     total = 12
