@@ -11,6 +11,7 @@ import bisect
 from typing import AbstractSet, NamedTuple, Optional, Tuple
 
 from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from beam_job.example_proto import Example, Feature
 
@@ -41,13 +42,56 @@ def encode_entry(name: str, feature_bytes: bytes) -> bytes:
                            + _length_delimited(0x12, feature_bytes))
 
 
+_WIRE_TYPES = {0: "varint", 1: "64-bit", 2: "length-delimited", 3: "group", 5: "32-bit"}
+_SHOWN_FIELDS = 3
+
+
+def _fields(unknown) -> str:
+  """``field 2 (length-delimited)``, ``fields 1 (varint), 3 (32-bit)``: what a message held that it should not."""
+  found = sorted({(field.field_number, field.wire_type) for field in unknown})
+  shown = ", ".join(f"{number} ({_WIRE_TYPES.get(wire, wire)})" for number, wire in found[:_SHOWN_FIELDS])
+  more = f" and {len(found) - _SHOWN_FIELDS} more" if len(found) > _SHOWN_FIELDS else ""
+  return f"field{'s' if len(found) > 1 else ''} {shown}{more}"
+
+
+def _not_an_example(example, features) -> str:
+  """Why a message that parsed is still not a ``tf.train.Example``, or "" when it is one.
+
+  The parser keeps what it does not know as unknown fields, which ``prepare`` would drop: a SequenceExample's
+  ``feature_lists`` (field 2), a field 1 of the wrong wire type, and in ``Features`` any other field or a map
+  entry with a field of its own (which the parser keeps whole as an unknown field 1). Unknown fields inside a
+  ``Feature`` are kept: ``prepare`` copies a Feature's bytes as they are.
+  """
+  unknown = UnknownFieldSet(example)
+  if len(unknown):
+    hint = ""
+    if any(field.field_number == 2 and field.wire_type == 2 for field in unknown):
+      hint = "; it looks like a tf.train.SequenceExample, whose feature_lists would be lost"
+    return f"payload has {_fields(unknown)}, not a tf.train.Example (whose only field is 1, Features){hint}"
+  unknown = UnknownFieldSet(features)
+  if len(unknown):
+    if all(field.field_number == 1 and field.wire_type == 2 for field in unknown):
+      return ("payload is not a tf.train.Example: a feature map entry holds a field other than 1 (name) and "
+              "2 (Feature), or one of the wrong type")
+    return f"payload's Features has {_fields(unknown)}, not a tf.train.Example (Features has only field 1, the map)"
+  return ""
+
+
 def parse_example(serialized: bytes):
-  """Parses a ``tf.train.Example``; raises ``ValueError`` saying why when the bytes are not one."""
+  """Parses a ``tf.train.Example``; raises ``ValueError`` saying why when the bytes are not one.
+
+  Protobuf parsers accept any field; one that ``tf.train.Example`` does not define (or of the wrong wire type)
+  would be dropped without a trace when the record is paired, so it makes the payload corrupt. Field 1 may
+  occur several times: protobuf merges the messages, as TensorFlow's parser does.
+  """
   example = Example()
   try:
     example.ParseFromString(serialized)
   except DecodeError as e:
     raise ValueError(f"payload is not a tf.train.Example ({e})") from None
+  problem = _not_an_example(example, example.features)
+  if problem:
+    raise ValueError(problem)
   return example
 
 

@@ -11,10 +11,12 @@ import contextlib
 import gzip
 import lzma
 import os
+import re
+import stat
 import zlib
-from typing import BinaryIO, Iterator, List, Sequence
+from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from beam_job import tfrecord
@@ -36,11 +38,20 @@ def split_patterns(value: str) -> List[str]:
 
 
 def match_files(patterns: Sequence[str], flag: str) -> List[str]:
-  """Every file the patterns match, sorted and without repeats; a pattern that matches nothing is an error."""
+  """Every file the patterns match, sorted and without repeats.
+
+  A pattern that matches nothing is an error, and so is a local path it matches that cannot be read as a file
+  (see ``_not_files``).
+  """
   if not patterns:
     raise JobError(f"{flag} names no file pattern")
   paths = set()
   for pattern in patterns:
+    bad = _not_files(pattern)
+    if bad:
+      path, problem = bad[0]
+      more = f" (and {len(bad) - 1} more inputs that are not files)" if len(bad) > 1 else ""
+      raise JobError(f"{flag}: {path} {problem}{more}")
     try:
       found = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:  # Beam raises BeamIOError with a dict of causes
@@ -49,6 +60,75 @@ def match_files(patterns: Sequence[str], flag: str) -> List[str]:
       raise JobError(f"{flag} pattern {pattern!r} matches no file")
     paths.update(meta.path for meta in found)
   return sorted(paths)
+
+
+_SPECIAL = ((stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file: the job reads each input more than "
+             "once, so write the data to a file"),
+            (stat.S_ISSOCK, "is a socket, not a regular file"),
+            (stat.S_ISCHR, "is a character device, not a regular file"),
+            (stat.S_ISBLK, "is a block device, not a regular file"))
+
+
+def _problem(path: str, directories: bool = True) -> Optional[str]:
+  """Why the local ``path`` cannot be read as a file (following links), or None; a missing path is None."""
+  try:
+    mode = os.stat(path).st_mode
+  except FileNotFoundError:
+    if not os.path.islink(path):
+      return None
+    return (f"is a symbolic link to {os.readlink(path)!r}, which does not exist (a git-annex or DVC file whose "
+            "content is not here?)")
+  except OSError as e:
+    return f"cannot be read as a file: {e.strerror}"
+  if stat.S_ISREG(mode):
+    return None
+  if stat.S_ISDIR(mode):
+    if not directories:
+      return None
+    return f"is a directory, not a TFRecord file; to read the files in it, pass '{os.path.join(path, '*')}'"
+  return next((problem for test, problem in _SPECIAL if test(mode)), "is not a regular file")
+
+
+def _not_files(pattern: str) -> List[Tuple[str, str]]:
+  """The local paths ``pattern`` matches that cannot be read as files, sorted, each with the reason.
+
+  Beam's local match lists what ``os.walk`` calls files and drops what it cannot stat: a glob skips dangling
+  links (a git-annex or DVC folder whose content was not fetched), directories and links to them without a
+  word, while a literal directory is matched and fails later with a long traceback, and a FIFO is matched and
+  then blocks the read forever. This walks the same tree the way Beam does (not into linked directories) and
+  stats only links and entries that are not plain files, so it costs one ``scandir`` per folder. URLs are
+  left to their filesystem: only local paths have these kinds of entries.
+  """
+  if FileSystems.get_scheme(pattern) is not None:
+    return []
+  if pattern.endswith(os.sep):
+    pattern += "*"
+  prefix = re.match(r"^[^[*?]*", pattern).group(0)
+  if prefix == pattern:
+    problem = _problem(pattern)
+    return [(pattern, problem)] if problem else []
+  matches = re.compile(FileSystem.translate_pattern(pattern)).match
+  # A pattern of only single "*" wildcards matches at one depth; "**", "?" and "[/]" can match "/" too.
+  deepest = pattern.count(os.sep) if not re.search(r"\*\*|[?[]", pattern) else None
+  recursive = "**" in pattern  # the files in a directory it matches are matched too
+  bad, folders = [], [os.path.dirname(prefix)]
+  while folders:
+    folder = folders.pop()
+    try:
+      entries = list(os.scandir(folder))
+    except OSError:  # os.walk, and so Beam, skip a folder they cannot list
+      continue
+    for entry in entries:
+      if entry.is_file(follow_symlinks=False):
+        continue
+      is_dir = entry.is_dir(follow_symlinks=False)
+      if is_dir and (deepest is None or entry.path.count(os.sep) < deepest):
+        folders.append(entry.path)
+      if matches(entry.path):
+        problem = _problem(entry.path, directories=not (is_dir and recursive))
+        if problem:
+          bad.append((entry.path, problem))
+  return sorted(bad)
 
 
 def detect_compression(path: str, compression: str) -> str:
@@ -74,39 +154,67 @@ _DECOMPRESSORS = {"zlib": zlib.decompressobj, "bzip2": bz2.BZ2Decompressor, "lzm
 _DECOMPRESS_ERRORS = (zlib.error, OSError, lzma.LZMAError, EOFError)
 
 
+# Compressed bytes read at a time, and the most decompressed bytes one call may produce beyond what was asked:
+# 1 MB of zlib data can hold 1 GB of zeros, so output is always asked for with a limit.
+_RAW_CHUNK = 1 << 20
+_OUT_CHUNK = 1 << 20
+
+
 class _StrictReader:
   """A read-only stream over zlib, bzip2 or xz/lzma data that fails when the stream is damaged or cut off.
 
   bzip2 and xz files may hold several streams one after the other (pbzip2, xz -T): each is read in turn.
-  Bytes after the end of a zlib stream are ignored, as TensorFlow's reader does.
+  Bytes after the end of a zlib stream are ignored, as TensorFlow's reader does. It holds at most one chunk
+  of compressed input and what was asked for plus one chunk of output, whatever the data decompresses to.
   """
 
   def __init__(self, raw: BinaryIO, kind: str):
     self._raw = raw
     self._kind = kind
     self._decompressor = _DECOMPRESSORS[kind]()
+    self._input = b""  # compressed bytes not yet given to the decompressor (zlib's unconsumed tail)
     self._buffer = bytearray()
 
-  def _fill(self, size: int) -> None:
-    while len(self._buffer) < size:
-      if self._decompressor.eof:
-        rest = self._decompressor.unused_data or self._raw.read(1 << 20)
+  def _decompress(self, limit: int) -> bytes:
+    """At most ``limit`` more decompressed bytes, at least one; b"" at the clean end of the data."""
+    while True:
+      decompressor = self._decompressor
+      if decompressor.eof:
+        rest = self._input or decompressor.unused_data or self._raw.read(_RAW_CHUNK)
         if self._kind == "zlib" or not rest:
-          return
-        self._decompressor = _DECOMPRESSORS[self._kind]()
-      else:
-        rest = self._raw.read(1 << 20)
-        if not rest:
+          return b""
+        self._decompressor, self._input = _DECOMPRESSORS[self._kind](), rest
+        continue
+      if not self._input and (self._kind == "zlib" or decompressor.needs_input):
+        self._input = self._raw.read(_RAW_CHUNK)
+        if not self._input:
           raise BadCompressedData(f"{self._kind} stream ended before its end marker")
+      data, self._input = self._input, b""
       try:
-        self._buffer += self._decompressor.decompress(rest)
+        out = decompressor.decompress(data, limit)
       except _DECOMPRESS_ERRORS as e:
         raise BadCompressedData(str(e)) from None
+      if self._kind == "zlib":
+        self._input = decompressor.unconsumed_tail
+      if out:
+        return out
 
   def read(self, size: int) -> bytes:
-    self._fill(size)
-    out = bytes(self._buffer[:size])
-    del self._buffer[:size]
+    buffer = self._buffer
+    while len(buffer) < size:
+      out = self._decompress(max(size - len(buffer), _OUT_CHUNK))
+      if not out:
+        break
+      if not buffer and len(out) >= size:  # most reads of a large piece: no copy through the buffer
+        buffer += memoryview(out)[size:]
+        return out[:size] if len(out) > size else out
+      buffer += out
+    if len(buffer) <= size:
+      out = bytes(buffer)
+      buffer.clear()
+      return out
+    out = bytes(memoryview(buffer)[:size])
+    del buffer[:size]
     return out
 
   def close(self):
@@ -138,6 +246,10 @@ def open_input(path: str, compression: str, stack: contextlib.ExitStack) -> Bina
   return raw
 
 
+def _size(path: str) -> int:
+  return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+
+
 def read_file(path: str, compression: str) -> Iterator[tfrecord.Record]:
   """The frames of one file; a decompression failure becomes a last corrupt record that loses the rest.
 
@@ -148,9 +260,10 @@ def read_file(path: str, compression: str) -> Iterator[tfrecord.Record]:
   try:
     with contextlib.ExitStack() as stack:
       stream = _Counting(open_input(path, compression, stack))
-      if kind != "uncompressed" and FileSystems.match([path])[0].metadata_list[0].size_in_bytes == 0:
+      if kind != "uncompressed" and _size(path) == 0:
         raise EOFError("the file is empty, not even a stream header")
-      for record in tfrecord.read_frames(stream):
+      size = (lambda: _size(path)) if kind == "uncompressed" else None  # asked only for a frame of over 1 MB
+      for record in tfrecord.read_frames(stream, size):
         if record.index == 0 and record.rest_lost and kind == "uncompressed":
           record = record._replace(problem=record.problem + " (if the file is compressed, set --compression)")
         yield record

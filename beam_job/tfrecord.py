@@ -9,8 +9,9 @@ the first bad frame, so this module reads frames itself and reports each problem
 byte offset. Nothing here knows about Beam.
 """
 
+import io
 import struct
-from typing import BinaryIO, Iterator, NamedTuple, Optional
+from typing import BinaryIO, Callable, Iterator, NamedTuple, Optional
 
 import google_crc32c
 
@@ -18,9 +19,9 @@ _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 HEADER_BYTES = 12
 FOOTER_BYTES = 4
-# Payloads are read in pieces of at most this size, so a forged length header costs no more memory than the
-# bytes that are really in the file.
-_READ_PIECE = 16 << 20
+# A frame is read in one call when it is at most this size, and in pieces of this size when it is larger, so
+# that a forged length header costs no more memory than the bytes really in the stream plus one piece.
+_READ_PIECE = 1 << 20
 
 
 def masked_crc(data: bytes) -> int:
@@ -44,26 +45,41 @@ class Record(NamedTuple):
   rest_lost: bool = False  # the frame's length cannot be trusted: nothing after it can be read
 
 
-def _read_up_to(stream: BinaryIO, size: int) -> bytes:
-  pieces = []
-  while size > 0:
-    piece = stream.read(min(size, _READ_PIECE))
+def _read_up_to(stream: BinaryIO, size: int, present: bool = False) -> bytes:
+  """``size`` bytes of ``stream``, fewer only where it ends, holding at most those bytes plus one piece.
+
+  Up to one piece, or when the stream is known to hold ``size`` more bytes (``present``), it takes one
+  ``read``; otherwise it writes piece by piece into a ``BytesIO``, whose ``getvalue`` hands over its buffer
+  without a copy, so that what a frame claims is never allocated before it has been read.
+  """
+  data = stream.read(size if present else min(size, _READ_PIECE))
+  if len(data) == size or not data:
+    return data
+  buffer = io.BytesIO()
+  buffer.write(data)
+  del data
+  left = size - buffer.tell()
+  while left > 0:
+    piece = stream.read(min(left, _READ_PIECE))
     if not piece:
       break
-    pieces.append(piece)
-    size -= len(piece)
-  return b"".join(pieces)
+    buffer.write(piece)
+    left -= len(piece)
+  return buffer.getvalue()
 
 
-def read_frames(stream: BinaryIO) -> Iterator[Record]:
+def read_frames(stream: BinaryIO, size: Optional[Callable[[], Optional[int]]] = None) -> Iterator[Record]:
   """Yields every frame of ``stream`` in order.
 
   A frame whose data CRC is wrong is yielded with ``problem`` set and reading goes on (its length was
   verified). A bad length CRC, a length past the end of the stream or a cut-off frame ends the stream with one
-  record whose ``rest_lost`` is true: no later frame boundary can be trusted.
+  record whose ``rest_lost`` is true: no later frame boundary can be trusted. ``size``, when given, tells
+  the stream's length in bytes (or None); it is asked, once, only when a frame claims more than one piece, so
+  that a length past the end of an uncompressed file is found without reading up to the end.
   """
   index = 0
   offset = 0
+  known_size = None
   while True:
     header = _read_up_to(stream, HEADER_BYTES)
     if not header:
@@ -76,14 +92,23 @@ def read_frames(stream: BinaryIO) -> Iterator[Record]:
       yield Record(index, offset, None, "bad length CRC", True)
       return
     length = _U64.unpack(length_bytes)[0]
-    body = _read_up_to(stream, length + FOOTER_BYTES)
-    if len(body) < length + FOOTER_BYTES:
+    if size is not None and length + FOOTER_BYTES > _READ_PIECE:
+      known_size, size = size(), None
+    available = None if known_size is None else known_size - offset - HEADER_BYTES
+    if available is None or available >= length + FOOTER_BYTES:
+      if length + FOOTER_BYTES <= _READ_PIECE:
+        body = _read_up_to(stream, length + FOOTER_BYTES)
+        data, footer = body[:length], body[length:]
+      else:  # apart, so that the data needs no copy
+        data = _read_up_to(stream, length, present=available is not None)
+        footer = _read_up_to(stream, FOOTER_BYTES) if len(data) == length else b""
+      available = len(data) + len(footer)
+    if available < length + FOOTER_BYTES:
       yield Record(index, offset, None,
-                   f"record claims {length} bytes but the file ends after {max(0, len(body) - FOOTER_BYTES)}",
+                   f"record claims {length} bytes but the file ends after {max(0, available - FOOTER_BYTES)}",
                    True)
       return
-    data = body[:length]
-    if _U32.unpack_from(body, length)[0] != masked_crc(data):
+    if _U32.unpack(footer)[0] != masked_crc(data):
       yield Record(index, offset, None, "bad data CRC")
     else:
       yield Record(index, offset, data)

@@ -281,3 +281,102 @@ def test_parse_error_is_a_value_error_not_decode_error():
     parse_example(b"\xff\xff")
   assert str(info.value).startswith("payload is not a tf.train.Example (")
   assert info.value.__cause__ is None
+
+
+# --- payloads that parse but are not tf.train.Example ------------------------------------------------------
+
+_EXAMPLE_FIELDS = "not a tf.train.Example (whose only field is 1, Features)"
+_SEQUENCE_HINT = "; it looks like a tf.train.SequenceExample, whose feature_lists would be lost"
+
+
+def _ld(tag: int, data: bytes) -> bytes:
+  return bytes((tag,)) + varint(len(data)) + data
+
+
+def _sequence_example(with_lists: bool = True) -> bytes:
+  example = tf.train.SequenceExample()
+  example.context.feature["user"].int64_list.value.append(7)
+  if with_lists:
+    example.feature_lists.feature_list["clicks"].feature.add().int64_list.value.extend([1, 2])
+  return example.SerializeToString()
+
+
+def test_sequence_example_is_corrupt_with_a_hint():
+  # TensorFlow's own parser would keep the context and drop feature_lists without a word.
+  serialized = _sequence_example()
+  assert to_dict(serialized) == {"user": ("int64_list", (7,))}
+  with pytest.raises(ValueError) as info:
+    prepare(serialized)
+  assert str(info.value) == f"payload has field 2 (length-delimited), {_EXAMPLE_FIELDS}{_SEQUENCE_HINT}"
+
+
+def test_only_feature_lists_is_corrupt_with_a_hint():
+  with pytest.raises(ValueError) as info:
+    prepare(_ld(0x12, b""))
+  assert str(info.value) == f"payload has field 2 (length-delimited), {_EXAMPLE_FIELDS}{_SEQUENCE_HINT}"
+
+
+def test_sequence_example_without_feature_lists_is_an_example():
+  # Only its context: the very bytes of an Example, nothing to lose.
+  assert prepare(_sequence_example(with_lists=False)) == prepare(make_example({"user": [7]}))
+
+
+@pytest.mark.parametrize("payload, found", [
+    (b"\x08\x01", "field 1 (varint)"),
+    (b"\x0d\x00\x00\x00\x00", "field 1 (32-bit)"),
+    (b"\x09" + bytes(8), "field 1 (64-bit)"),
+    (b"\x0b\x08\x01\x0c", "field 1 (group)"),
+    (b"\x18\x05", "field 3 (varint)"),
+    (b"\x0a\x00\x18\x05\x25\x00\x00\x00\x00", "fields 3 (varint), 4 (32-bit)"),
+    (b"\x10\x01\x18\x01\x20\x01\x28\x01\x30\x01", "fields 2 (varint), 3 (varint), 4 (varint) and 2 more"),
+], ids=["f1-varint", "f1-32bit", "f1-64bit", "f1-group", "f3", "two", "five"])
+def test_fields_tf_train_example_lacks_are_corrupt(payload, found):
+  with pytest.raises(ValueError) as info:
+    prepare(payload)
+  assert str(info.value) == f"payload has {found}, {_EXAMPLE_FIELDS}"
+
+
+def test_field_2_of_another_wire_type_has_no_sequence_hint():
+  with pytest.raises(ValueError) as info:
+    prepare(make_example({"a": [1]}) + b"\x10\x01")
+  assert str(info.value) == f"payload has field 2 (varint), {_EXAMPLE_FIELDS}"
+
+
+@pytest.mark.parametrize("extra, found", [(b"\x10\x01", "field 2 (varint)"),
+                                          (b"\x1a\x00", "field 3 (length-delimited)")])
+def test_unknown_field_in_features_is_corrupt(extra, found):
+  features = make_example({"a": [1]})[2:] + extra  # the Features bytes of a one-byte-length Example, then more
+  with pytest.raises(ValueError) as info:
+    prepare(_ld(0x0A, features))
+  assert str(info.value) == \
+      f"payload's Features has {found}, not a tf.train.Example (Features has only field 1, the map)"
+
+
+@pytest.mark.parametrize("entry", [
+    _ld(0x0A, b"a") + _ld(0x12, b"") + b"\x18\x01",  # a third field in the entry
+    b"\x08\x01" + _ld(0x12, b""),  # the name as a varint
+], ids=["extra-field", "name-varint"])
+def test_bad_map_entry_is_corrupt(entry):
+  # The parser keeps such an entry whole as an unknown field of Features: its feature would vanish.
+  serialized = _ld(0x0A, _ld(0x0A, _ld(0x0A, b"b") + _ld(0x12, b"")) + _ld(0x0A, entry))
+  assert to_dict(serialized) == {"b": (None, ())}
+  with pytest.raises(ValueError) as info:
+    prepare(serialized)
+  assert str(info.value) == ("payload is not a tf.train.Example: a feature map entry holds a field other than 1 "
+                             "(name) and 2 (Feature), or one of the wrong type")
+
+
+def test_repeated_field_1_merges_as_protobuf_does():
+  first, second = make_example({"a": [1], "b": [2]}), make_example({"b": [3], "c": [b"x"]})
+  merged = example_bytes(prepare(first + second).payload, b"")
+  assert to_dict(merged) == to_dict(first + second) == {"a": ("int64_list", (1,)), "b": ("int64_list", (3,)),
+                                                        "c": ("bytes_list", (b"x",))}
+  assert prepare(b"\x0a\x00\x0a\x00") == Prepared((), (), b"")
+
+
+def test_unknown_field_inside_a_feature_is_kept():
+  # Nothing is lost there: a Feature's bytes are copied as they are, and TensorFlow ignores the field.
+  feature = tf.train.Feature(int64_list=tf.train.Int64List(value=[5])).SerializeToString() + b"\x28\x01"
+  serialized = _ld(0x0A, _ld(0x0A, _ld(0x0A, b"a") + _ld(0x12, feature)))
+  assert prepare(serialized).payload == _ld(0x0A, _ld(0x0A, b"a") + _ld(0x12, feature))
+  assert to_dict(example_bytes(prepare(serialized).payload, b"")) == {"a": ("int64_list", (5,))}

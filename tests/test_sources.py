@@ -1,7 +1,13 @@
 """beam_job.sources: strict decompression, compression detection and file matching."""
 
+import bz2
 import gzip
+import json
+import lzma
 import os
+import struct
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -239,6 +245,143 @@ def test_match_files_no_match_names_the_pattern(tmp_path, name):
   assert str(info.value) == f"--right pattern {pattern!r} matches no file"
 
 
+# --- inputs that cannot be read as files ------------------------------------------------------------------
+
+_DANGLING = ("is a symbolic link to {target!r}, which does not exist (a git-annex or DVC file whose content is not "
+             "here?)")
+_FIFO = ("is a named pipe (FIFO), not a regular file: the job reads each input more than once, so write the data to "
+         "a file")
+
+
+def _directory(path) -> str:
+  return f"is a directory, not a TFRecord file; to read the files in it, pass '{path}/*'"
+
+
+def _match_error(patterns, flag="--left") -> str:
+  with pytest.raises(JobError) as info:
+    sources.match_files([str(p) for p in patterns], flag)
+  return str(info.value)
+
+
+@pytest.fixture
+def folder(tmp_path):
+  """A folder with one good file, as in a checkout: errors below come from the entries each test adds."""
+  (tmp_path / "a.tfrecord").write_bytes(b"")
+  return tmp_path
+
+
+def test_dangling_link_matched_by_a_glob(folder):
+  # git-annex and DVC keep unfetched files as links to content that is not there; Beam's match drops them.
+  os.symlink("../.git/annex/objects/xx/SHA256E-s1--0", folder / "b.tfrecord")
+  assert _match_error([folder / "*.tfrecord"]) == \
+      f"--left: {folder / 'b.tfrecord'} " + _DANGLING.format(target="../.git/annex/objects/xx/SHA256E-s1--0")
+
+
+def test_only_dangling_links_name_the_link_not_no_match(tmp_path):
+  for name in ("a.tfrecord", "b.tfrecord", "c.tfrecord"):
+    os.symlink("missing-" + name, tmp_path / name)
+  assert _match_error([tmp_path / "*.tfrecord"], "--right") == \
+      f"--right: {tmp_path / 'a.tfrecord'} " + _DANGLING.format(target="missing-a.tfrecord") + \
+      " (and 2 more inputs that are not files)"
+
+
+def test_dangling_link_given_by_name(folder):
+  os.symlink("nowhere", folder / "b.tfrecord")
+  assert _match_error([folder / "b.tfrecord"]) == \
+      f"--left: {folder / 'b.tfrecord'} " + _DANGLING.format(target="nowhere")
+
+
+@pytest.mark.parametrize("glob", [False, True])
+def test_fifo(folder, glob):
+  os.mkfifo(folder / "b.tfrecord")
+  pattern = folder / ("*.tfrecord" if glob else "b.tfrecord")
+  assert _match_error([pattern]) == f"--left: {folder / 'b.tfrecord'} {_FIFO}"
+
+
+def test_socket(folder):
+  import socket  # pylint: disable=import-outside-toplevel
+  path = folder / "b.tfrecord"
+  if len(str(path)) > 100:
+    pytest.skip("path too long for a unix socket")
+  with socket.socket(socket.AF_UNIX) as server:
+    server.bind(str(path))
+    assert _match_error([folder / "*"]) == f"--left: {path} is a socket, not a regular file"
+
+
+def test_character_device():
+  assert _match_error(["/dev/null"]) == "--left: /dev/null is a character device, not a regular file"
+
+
+@pytest.mark.parametrize("name", ["data", "data/"])
+def test_directory_given_as_the_pattern(tmp_path, name):
+  (tmp_path / "data").mkdir()
+  (tmp_path / "data" / "a.tfrecord").write_bytes(b"")
+  pattern = sources.split_patterns(str(tmp_path / name))
+  assert _match_error(pattern) == f"--left: {tmp_path / 'data'} {_directory(tmp_path / 'data')}"
+  assert sources.match_files([str(tmp_path / "data" / "*")], "--left") == [str(tmp_path / "data" / "a.tfrecord")]
+
+
+def test_directory_matched_by_a_glob(folder):
+  # Beam's match leaves it out: the records in it would not be read, without a word.
+  (folder / "b.tfrecord").mkdir()
+  (folder / "b.tfrecord" / "part-0").write_bytes(b"")
+  assert _match_error([folder / "*.tfrecord"]) == f"--left: {folder / 'b.tfrecord'} {_directory(folder / 'b.tfrecord')}"
+
+
+def test_link_to_a_directory_matched_by_a_recursive_glob(folder):
+  # "**" reads the files of the folders it matches, but Beam's walk does not follow a link to one.
+  (folder / "sub").mkdir()
+  (folder / "sub" / "c.tfrecord").write_bytes(b"")
+  (folder / "elsewhere").mkdir()
+  os.symlink(folder / "elsewhere", folder / "sub" / "linked")
+  assert _match_error([folder / "**"]) == f"--left: {folder / 'sub' / 'linked'} {_directory(folder / 'sub' / 'linked')}"
+
+
+def test_recursive_glob_reads_subfolders(folder):
+  (folder / "sub").mkdir()
+  (folder / "sub" / "c.tfrecord").write_bytes(b"")
+  os.symlink(folder / "a.tfrecord", folder / "sub" / "link.tfrecord")
+  assert sources.match_files([str(folder / "**")], "--left") == \
+      [str(folder / "a.tfrecord"), str(folder / "sub" / "c.tfrecord"), str(folder / "sub" / "link.tfrecord")]
+
+
+def test_glob_ignores_what_it_does_not_match(folder):
+  os.symlink("nowhere", folder / "b.other")
+  os.mkfifo(folder / "c.other")
+  (folder / "d").mkdir()
+  (folder / "d" / "x.tfrecord").write_bytes(b"")
+  os.symlink("nowhere", folder / "d" / "y.tfrecord")  # one level deeper than "*.tfrecord"
+  assert sources.match_files([str(folder / "*.tfrecord")], "--left") == [str(folder / "a.tfrecord")]
+
+
+def test_link_loop(folder):
+  os.symlink("loop2", folder / "loop1.tfrecord")
+  os.symlink("loop1.tfrecord", folder / "loop2")
+  assert _match_error([folder / "*.tfrecord"]) == \
+      f"--left: {folder / 'loop1.tfrecord'} cannot be read as a file: Too many levels of symbolic links"
+
+
+def test_link_to_a_file_is_read(folder):
+  os.symlink("a.tfrecord", folder / "b.tfrecord")
+  assert sources.match_files([str(folder / "*")], "--left") == [str(folder / "a.tfrecord"), str(folder / "b.tfrecord")]
+
+
+def test_urls_are_left_to_their_filesystem():
+  assert sources._not_files("gs://bucket/missing/*") == []  # pylint: disable=protected-access
+
+
+def test_file_check_walks_only_the_depth_a_glob_can_match(folder, monkeypatch):
+  (folder / "d" / "e").mkdir(parents=True)
+  listed = []
+  real = os.scandir
+  monkeypatch.setattr(sources.os, "scandir", lambda path: listed.append(path) or real(path))
+  assert sources._not_files(str(folder / "*.tfrecord")) == []  # pylint: disable=protected-access
+  assert listed == [str(folder)]
+  listed.clear()
+  assert sources._not_files(str(folder / "*" / "*.tfrecord")) == []  # pylint: disable=protected-access
+  assert sorted(listed) == [str(folder), str(folder / "d")]
+
+
 # --- resources and cost ------------------------------------------------------------------------------------
 
 
@@ -274,6 +417,102 @@ def test_io_error_is_not_reported_as_corrupt_data(tmp_path):
     list(sources.read_file(missing, "auto"))
 
 
+# --- memory: bounded by the bytes really in the file, whatever a frame claims --------------------------------
+
+# Reads each file given in a fresh peak (Linux resets the process's peak resident size on "5" written to
+# clear_refs) and prints how far the peak rose above the resident size before the read.
+_PEAK = r"""
+import json, re, sys
+from beam_job import sources
+
+def status(key):
+  with open("/proc/self/status") as f:
+    return int(re.search(key + r":\s+(\d+) kB", f.read()).group(1)) << 10
+
+out = {}
+for path in sys.argv[1:]:
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+  before = status("VmRSS")
+  records = list(sources.read_file(path, "auto"))
+  out[path] = [status("VmHWM") - before, records[-1].problem]
+print(json.dumps(out))
+"""
+_MIB = 1 << 20
+# Pieces, the decompressors' windows and dictionaries (xz: 8 MiB by default), the interpreter's own slack.
+_FIXED = 24 * _MIB
+
+
+def _compressor(kind):
+  return {"": None, ".gz": lambda: zlib.compressobj(9, zlib.DEFLATED, 31), ".zlib": lambda: zlib.compressobj(9),
+          ".bz2": lambda: bz2.BZ2Compressor(9), ".xz": lzma.LZMACompressor}[kind]
+
+
+def _write_streamed(path, head: bytes, zeros: int, kind: str) -> str:
+  """``head`` then ``zeros`` zero bytes, compressed as ``kind`` (a suffix), without holding them in memory."""
+  make = _compressor(kind)
+  compressor = make() if make else None
+  with open(path, "wb") as f:
+    for chunk in [head] + [bytes(_MIB)] * (zeros // _MIB):
+      f.write(compressor.compress(chunk) if compressor else chunk)
+    if compressor:
+      f.write(compressor.flush())
+  return str(path)
+
+
+def _peaks(paths):
+  out = subprocess.run([sys.executable, "-c", _PEAK, *paths], check=True, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=os.getcwd()))
+  return json.loads(out.stdout)
+
+
+def test_forged_length_costs_no_more_memory_than_the_file_holds(tmp_path):
+  # A frame claiming 2^60 bytes, then 64 MiB of zeros: a few hundred KB compressed. The reader can hold the
+  # zeros it really reads, never a copy of them, nor what the header claims; an uncompressed file's size
+  # tells at once that the frame cannot be there.
+  zeros = 64 * _MIB
+  length = struct.pack("<Q", 2 ** 60)
+  head = b"".join((tfrecord.frame(b"ok"), length, struct.pack("<I", tfrecord.masked_crc(length))))
+  kinds = ["", ".gz", ".zlib", ".bz2", ".xz"]
+  paths = [_write_streamed(tmp_path / f"forged.tfrecord{kind}", head, zeros, kind) for kind in kinds]
+  peaks = _peaks(paths)
+  for kind, path in zip(kinds, paths):
+    growth, problem = peaks[path]
+    assert problem.startswith(f"record claims {2 ** 60} bytes but the file ends after {zeros - 4}"), kind
+    assert growth < (_FIXED if kind == "" else zeros + _FIXED), (kind, growth / _MIB)
+
+
+def test_compressed_bomb_is_decompressed_only_as_far_as_read(tmp_path):
+  # 128 MiB of zeros after a bad length CRC, all in the first chunk of compressed bytes (~130 KB of zlib,
+  # ~20 KB of xz): reading stops at the bad header, so nothing of the zeros is held.
+  head = tfrecord.frame(b"ok") + b"\x01" * 12
+  kinds = [".gz", ".zlib", ".xz"]
+  paths = [_write_streamed(tmp_path / f"bomb.tfrecord{kind}", head, 128 * _MIB, kind) for kind in kinds]
+  peaks = _peaks(paths)
+  for kind, path in zip(kinds, paths):
+    growth, problem = peaks[path]
+    assert problem == "bad length CRC", kind
+    assert growth < _FIXED, (kind, growth / _MIB)
+
+
+@pytest.mark.parametrize("kind", [".zlib", ".bz2", ".xz"])
+def test_strict_reader_holds_what_was_asked_plus_one_chunk(tmp_path, kind):
+  path = _write_streamed(tmp_path / f"zeros{kind}", b"", 32 * _MIB, kind)
+  with open(path, "rb") as raw:
+    kinds = {".zlib": "zlib", ".bz2": "bzip2", ".xz": "lzma"}
+    reader = sources._StrictReader(raw, kinds[kind])  # pylint: disable=protected-access
+    assert reader.read(12) == bytes(12)
+    assert len(reader._buffer) <= sources._OUT_CHUNK  # pylint: disable=protected-access
+    total = 12
+    while True:
+      piece = reader.read(3 * _MIB + 5)
+      if not piece:
+        break
+      assert len(reader._buffer) <= sources._OUT_CHUNK  # pylint: disable=protected-access
+      total += len(piece)
+  assert total == 32 * _MIB
+
+
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from tests.test_tfrecord import FUZZ_EXAMPLES  # noqa: E402
@@ -307,9 +546,6 @@ def test_fuzz_mutated_compressed_files(tmp_path, payloads, kind, data):
     if record.rest_lost:
       assert i == len(records) - 1
 
-
-import bz2  # noqa: E402
-import lzma  # noqa: E402
 
 _PAYLOADS = [b"p%03d" % i * 7 for i in range(50)]
 _RAW = b"".join(tfrecord.frame(p) for p in _PAYLOADS)

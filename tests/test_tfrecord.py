@@ -160,6 +160,35 @@ def test_forged_max_length_returns_quickly():
                                      True)]
 
 
+def test_known_size_refuses_a_frame_past_the_end_without_reading_it():
+  length = struct.pack("<Q", 2 ** 40)
+  data = frame(b"ok") + length + struct.pack("<I", masked_crc(length)) + bytes(3 << 20)
+  stream = io.BytesIO(data)
+  asked = []
+  records = list(read_frames(stream, lambda: asked.append(1) or len(data)))
+  problem = f"record claims {2 ** 40} bytes but the file ends after {(3 << 20) - 4}"
+  assert records == [Record(0, 0, b"ok"), Record(1, 18, None, problem, True)]
+  assert stream.tell() == 18 + 12 and asked == [1]
+
+
+def test_size_is_asked_once_and_only_for_a_frame_over_one_piece():
+  big = bytes(range(256)) * 8192  # 2 MiB
+  asked = []
+  data = frames(b"a", big, b"b", big)
+  assert [r.payload for r in read_frames(io.BytesIO(data), lambda: asked.append(1) or len(data))] == \
+      [b"a", big, b"b", big]
+  assert asked == [1]
+  assert [r.payload for r in read_frames(io.BytesIO(frames(*PAYLOADS)), lambda: pytest.fail("asked"))] == PAYLOADS
+
+
+@pytest.mark.parametrize("size", [None, lambda: None, lambda: 12 + (5 << 20) + 4 + 100])
+def test_large_frame_read_in_pieces_or_at_once(size):
+  big = random.Random(1).randbytes(5 << 20)
+  data = frame(big) + b"x" * 100
+  assert list(read_frames(io.BytesIO(data), size)) == [Record(0, 0, big),
+                                                       Record(1, 16 + (5 << 20), None, "bad length CRC", True)]
+
+
 class _Trickle(io.RawIOBase):
   """A stream that returns at most 3 bytes per read, like a slow pipe."""
 
@@ -182,6 +211,12 @@ def test_reads_in_pieces_for_large_records(monkeypatch):
   monkeypatch.setattr(tfrecord, "_READ_PIECE", 7)
   data = frames(*PAYLOADS)
   assert [r.payload for r in read_all(data)] == PAYLOADS
+
+
+def test_short_reads_are_completed_when_the_size_is_known(monkeypatch):
+  monkeypatch.setattr(tfrecord, "_READ_PIECE", 7)
+  data = frames(*PAYLOADS)
+  assert [r.payload for r in read_frames(_Trickle(data), lambda: len(data))] == PAYLOADS
 
 
 # --- property-based ----------------------------------------------------------------------------------------
