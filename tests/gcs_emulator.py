@@ -5,10 +5,11 @@ asks google-auth for credentials first, and without any it probes the GCE metada
 about 20 s before going anonymous; a fake ``authorized_user`` file whose token never expires answers at once and
 never needs a refresh, so no request leaves the machine.
 
-The emulator is not GCS. What it does differently, as measured against Beam 2.77 (tests/test_gcs.py checks
-each point): it ignores every precondition (``ifGenerationMatch`` and friends) on uploads, copies and deletes;
-it answers DELETE of a resumable upload session (how ``BlobWriter.terminate`` cancels an upload) with 501 and
-simply never commits that session; its server handles one request at a time.
+The emulator is not GCS. What it does differently, as measured with Beam 2.77 (tests/test_gcs.py checks each
+point): by itself it ignores every generation precondition (``ifGenerationMatch`` and friends), so by default
+it runs through tests/gcs_emulator_server.py, which enforces them on single requests (not in batches); it
+answers DELETE of a resumable upload session (how ``BlobWriter.terminate`` cancels an upload) with 501 and
+never commits that session; its server handles one request at a time.
 """
 
 import contextlib
@@ -129,26 +130,30 @@ class Emulator:
         self.process.wait(_STOP_TIMEOUT_S)
 
 
-def _launch(folder: str, port: int, credentials_path: str) -> Emulator:
+_WITH_PRECONDITIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator_server.py")
+
+
+def _launch(folder: str, port: int, credentials_path: str, preconditions: bool) -> Emulator:
   log_path = os.path.join(folder, f"emulator-{port}.log")
+  program = [_WITH_PRECONDITIONS] if preconditions else ["-m", "gcp_storage_emulator"]
   with open(log_path, "wb") as log:
     process = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
-         "--in-memory"],
+        [sys.executable, *program, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
   return Emulator(process, port, log_path, credentials_path)
 
 
-def start(folder: str, attempts: int = 3) -> Emulator:
+def start(folder: str, preconditions: bool = True, attempts: int = 3) -> Emulator:
   """Starts an emulator on 127.0.0.1 and a free port and waits (bounded) until it answers.
 
-  ``folder`` receives its log and the fake credentials file. Raises RuntimeError with the log's tail if it does
-  not come up.
+  ``folder`` receives its log and the fake credentials file. ``preconditions``: answer 412 as GCS does when
+  a generation precondition does not hold (tests/gcs_emulator_server.py); False runs the emulator as it is.
+  Raises RuntimeError with the log's tail if it does not come up.
   """
   credentials_path = write_fake_credentials(os.path.join(folder, "fake-adc.json"))
   problem = ""
   for _ in range(attempts):
-    emulator = _launch(folder, free_port(), credentials_path)
+    emulator = _launch(folder, free_port(), credentials_path, preconditions)
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while time.monotonic() < deadline and emulator.alive():
       if emulator.answers():
@@ -160,9 +165,9 @@ def start(folder: str, attempts: int = 3) -> Emulator:
 
 
 @contextlib.contextmanager
-def running(folder: str) -> Iterator[Emulator]:
+def running(folder: str, preconditions: bool = True) -> Iterator[Emulator]:
   """``start()`` and, whatever happens, ``stop()``."""
-  emulator = start(folder)
+  emulator = start(folder, preconditions)
   try:
     yield emulator
   finally:

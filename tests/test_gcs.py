@@ -17,8 +17,12 @@ import sys
 import pytest
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from google.api_core.exceptions import NotFound, PreconditionFailed
+from google.cloud.storage.exceptions import InvalidResponse
+from google.cloud.storage.fileio import BlobWriter
 
 from beam_job import cli
+from tests import gcs_emulator
 from tests.helpers import canonical, make_example, parse, proto_merge, read_tfrecords, write_tfrecord
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,21 +124,56 @@ def test_rename_of_a_missing_source_fails_with_404_and_still_moves_the_others(gc
   assert _paths(f"{gcs_prefix}/*") == [f"{gcs_prefix}/to-2"]
 
 
-def test_the_emulator_ignores_generation_preconditions(gcs_emulator, gcs_prefix):
-  """Real GCS answers 412 to each of these; the emulator does what was asked without the condition. A test
-  of create-if-absent or delete-if-unchanged logic cannot rely on it."""
+def test_the_plain_emulator_ignores_generation_preconditions(tmp_path):
+  """Real GCS answers 412 to each of these; gcp-storage-emulator by itself does what was asked regardless,
+  which is why the fixture runs it through tests/gcs_emulator_server.py."""
+  with gcs_emulator.running(str(tmp_path), preconditions=False) as plain:
+    bucket = plain.client().bucket(plain.create_bucket())
+    bucket.blob("obj").upload_from_string(b"one", if_generation_match=0)
+    generation = bucket.get_blob("obj").generation
+    bucket.blob("obj").upload_from_string(b"two", if_generation_match=0)
+    assert bucket.blob("obj").download_as_bytes() == b"two"
+    bucket.blob("obj").upload_from_string(b"three", if_generation_match=generation)
+    assert bucket.blob("obj").download_as_bytes() == b"three"
+    bucket.copy_blob(bucket.blob("obj"), bucket, "copy", if_generation_match=0)
+    bucket.copy_blob(bucket.blob("obj"), bucket, "copy", if_generation_match=0)
+    bucket.delete_blob("obj", if_generation_match=generation)
+    assert not bucket.blob("obj").exists()
+
+
+def test_the_fixture_enforces_generation_preconditions_as_gcs_does(gcs_emulator, gcs_prefix):
   bucket = gcs_emulator.client().bucket(gcs_emulator.bucket)
   name = gcs_prefix.split("/", 3)[3] + "/obj"
-  bucket.blob(name).upload_from_string(b"one", if_generation_match=0)
-  generation = bucket.get_blob(name).generation
-  bucket.blob(name).upload_from_string(b"two", if_generation_match=0)  # GCS: 412, object exists
-  assert bucket.blob(name).download_as_bytes() == b"two"
-  bucket.blob(name).upload_from_string(b"three", if_generation_match=generation)  # GCS: 412, stale
-  assert bucket.blob(name).download_as_bytes() == b"three"
-  bucket.copy_blob(bucket.blob(name), bucket, name + "-copy", if_generation_match=0)
-  bucket.copy_blob(bucket.blob(name), bucket, name + "-copy", if_generation_match=0)  # GCS: 412
-  bucket.delete_blob(name, if_generation_match=generation)  # GCS: 412, stale generation
+  bucket.blob(name).upload_from_string(b"one", if_generation_match=0)  # create only if absent
+  first = bucket.get_blob(name).generation
+  with pytest.raises(PreconditionFailed):
+    bucket.blob(name).upload_from_string(b"two", if_generation_match=0)
+  # A resumable upload (Beam's kind) is refused when it commits, as the media layer's InvalidResponse, not as
+  # PreconditionFailed; the failed close leaves the writer open, so terminate it.
+  writer = BlobWriter(bucket.blob(name), if_generation_match=0)
+  writer.write(b"three")
+  with pytest.raises(InvalidResponse) as raised:
+    writer.close()
+  assert raised.value.response.status_code == 412
+  writer.terminate()
+  assert bucket.blob(name).download_as_bytes() == b"one"
+  bucket.blob(name).upload_from_string(b"four", if_generation_match=first)  # replace only if unchanged
+  second = bucket.get_blob(name).generation
+  assert second != first
+  with pytest.raises(PreconditionFailed):
+    bucket.blob(name).upload_from_string(b"five", if_generation_match=first)
+  with pytest.raises(PreconditionFailed):
+    bucket.copy_blob(bucket.blob(name), bucket, name, if_generation_match=0)
+  bucket.copy_blob(bucket.blob(name), bucket, name + "-copy", if_generation_match=0, if_source_generation_match=second)
+  with pytest.raises(PreconditionFailed):
+    bucket.copy_blob(bucket.blob(name), bucket, name + "-2", if_source_generation_match=first)
+  with pytest.raises(PreconditionFailed):
+    bucket.delete_blob(name, if_generation_match=first)
+  bucket.delete_blob(name, if_generation_match=second)
   assert not bucket.blob(name).exists()
+  with pytest.raises(NotFound):
+    bucket.delete_blob(name, if_generation_match=second)
+  assert bucket.blob(name + "-copy").download_as_bytes() == b"four"
 
 
 @pytest.mark.parametrize("size", [1000, _CHUNK + 1], ids=["buffered", "one-chunk-sent"])
