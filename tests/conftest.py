@@ -10,3 +10,50 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+
+
+# --- A GCS server on loopback (tests/gcs_emulator.py), started only by the tests that ask for it. ---
+
+import gc  # noqa: E402
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+  """The session's GCS emulator (a ``tests.gcs_emulator.Emulator``), with one bucket named by ``gcs_emulator.bucket``.
+
+  For the session, ``STORAGE_EMULATOR_HOST``, ``GOOGLE_APPLICATION_CREDENTIALS`` (a fake ``authorized_user``
+  file) and ``GOOGLE_CLOUD_PROJECT`` point at it, in this process and so in every subprocess a test starts;
+  they are restored, Beam's cached credentials forgotten and the server stopped by its pid afterwards.
+  """
+  from tests import gcs_emulator as emulators
+  with pytest.MonkeyPatch.context() as patch:
+    emulator = emulators.start(str(tmp_path_factory.mktemp("gcs_emulator")))
+    try:
+      for name, value in emulator.environ().items():
+        patch.setenv(name, value)
+      emulators.reset_beam_credentials()
+      emulator.bucket = emulator.create_bucket("test-bucket")
+      yield emulator
+    finally:
+      # A GCS writer whose close() failed is still open and retries its upload when collected; collect such
+      # leftovers while the server still answers, or the process would retry for minutes at exit.
+      gc.collect()
+      emulator.stop()
+      emulators.reset_beam_credentials()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator):
+  """A new, empty bucket of the session's emulator, as ``gs://NAME`` (no trailing slash)."""
+  return f"gs://{gcs_emulator.create_bucket()}"
+
+
+@pytest.fixture
+def gcs_prefix(gcs_emulator, request):
+  """A folder no other test uses in the session's bucket, as ``gs://test-bucket/<test>-<random>`` (no
+  trailing slash)."""
+  name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+  return f"gs://{gcs_emulator.bucket}/{name}-{uuid.uuid4().hex[:8]}"
