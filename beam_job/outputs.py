@@ -89,22 +89,38 @@ def classify(output: str, path: str, size: int = -1) -> Optional[Owned]:
 
 
 def remove(path: str) -> None:
-  """Deletes one file (a folder locally, with what it holds); one already gone is fine. Literal: Beam's local
-  delete would expand glob characters in the name."""
-  if FileSystems.get_scheme(path) is None:
-    try:
-      if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-      else:
-        os.remove(path)
-    except FileNotFoundError:
-      pass
+  """Deletes one file (locally a folder too, with what it holds); one already gone is fine."""
+  remove_all([path])
+
+
+def remove_all(paths) -> None:
+  """Deletes the paths literally: Beam's ``FileSystems.delete`` expands glob characters in names, locally and
+  on GCS, so a prefix with ``[`` would delete another file. A path already gone is fine (a retry)."""
+  paths = list(paths)
+  if not paths:
     return
-  try:
-    FileSystems.delete([path])
-  except Exception:  # pylint: disable=broad-except  # Beam reports a missing object as a failure too
-    if FileSystems.exists(path):
-      raise
+  scheme = FileSystems.get_scheme(paths[0])
+  if scheme is None:
+    for path in paths:
+      try:
+        if os.path.isdir(path) and not os.path.islink(path):
+          shutil.rmtree(path)
+        else:
+          os.remove(path)
+      except FileNotFoundError:
+        pass
+  elif scheme == "gs":
+    from apache_beam.io.gcp import gcsio  # pylint: disable=import-outside-toplevel
+    failed = [(path, code) for path, code in gcsio.GcsIO().delete_batch(paths) if code is not None]
+    if failed:
+      raise IOError(f"could not delete {failed[0][0]} (HTTP {failed[0][1]}) and {len(failed) - 1} more")
+  else:
+    try:
+      FileSystems.delete(paths)
+    except Exception:  # pylint: disable=broad-except  # Beam reports a missing object as a failure too
+      left = [path for path in paths if FileSystems.exists(path)]
+      if left:
+        FileSystems.delete(left)
 
 
 def _list_local(output: str) -> List[Tuple[str, int]]:

@@ -26,7 +26,6 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_job import lease, outputs
-from beam_job.errors import JobError
 
 MANIFEST = "manifest.json"
 _BATCH = 100  # paths per rename or delete request on an object store (Beam's GCS batch size)
@@ -53,22 +52,10 @@ def _in_parallel(function: Callable, batches: List[Sequence], local: bool) -> No
 
 
 def delete(paths: Iterable[str]) -> None:
-  """Deletes the paths; one already gone is fine (a retry, or a cleanup racing another)."""
+  """Deletes the paths literally, in batches (concurrently on object stores); one already gone is fine."""
   paths = sorted(set(paths))
-  if paths and _local(paths[0]):
-    for path in paths:
-      outputs.remove(path)
-    return
-
-  def remove(batch):
-    try:
-      FileSystems.delete(list(batch))
-    except Exception:  # pylint: disable=broad-except  # Beam reports missing paths as failures too
-      left = [path for path in batch if FileSystems.exists(path)]
-      if left:
-        FileSystems.delete(left)
   if paths:
-    _in_parallel(remove, _batches(paths), False)
+    _in_parallel(outputs.remove_all, _batches(paths), _local(paths[0]))
 
 
 def write_text(path: str, text: str, staging: str) -> None:

@@ -305,7 +305,7 @@ def _read_shards(paths, compression, tmp_path) -> list:
 
 
 def _without_paths(summary: dict) -> dict:
-  return {k: v for k, v in summary.items() if k not in ("output", "shards", "schema")}
+  return {k: v for k, v in summary.items() if k not in ("output", "shards", "schema", "run")}
 
 
 @pytest.mark.parametrize("compression", ["uncompressed", "gzip"])
