@@ -22,7 +22,8 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_job import describe, lease, outputs, planning, progress, publish, quiet, sampling, sinks, sources, transforms
+from beam_job import (describe, lease, outputs, planning, progress, publish, quiet, running_modes, sampling, sinks,
+                      sources, transforms)
 from beam_job.errors import JobError, find_job_error
 
 _LOG = logging.getLogger("beam_job")
@@ -250,8 +251,10 @@ def local_runner(options: PipelineOptions):
   """The DirectRunner's FnApiRunner, without the DirectRunner's attempt to download and start Prism first.
 
   Beam 2.77's DirectRunner tries Prism before anything else; here that means a download that cannot succeed.
-  ``--direct_running_mode`` and ``--direct_num_workers`` keep their meaning.
+  ``--direct_running_mode`` and ``--direct_num_workers`` keep their meaning, except that ``multi_threading``
+  is refused: it loses records (see ``beam_job.running_modes``).
   """
+  running_modes.refuse_lossy_mode(options)
   from apache_beam.portability.api import beam_provision_api_pb2
   from apache_beam.runners.portability.fn_api_runner import fn_runner
   from apache_beam.runners.portability.portable_runner import JobServiceHandle

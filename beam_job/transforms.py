@@ -16,8 +16,8 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.pvalue import AsList, AsSingleton
 
-from beam_job import (cells, describe, examples, lease, output_schema, outputs, planning, publish, sampling, sinks,
-                      sources)
+from beam_job import (cells, describe, examples, lease, output_schema, outputs, planning, publish, running_modes,
+                      sampling, sinks, sources)
 from beam_job.errors import JobError
 
 _LOG = logging.getLogger(__name__)
@@ -505,6 +505,7 @@ class CrossProduct(beam.PTransform):
 
   def expand(self, inputs):
     left, right = inputs if isinstance(inputs, tuple) else (inputs, None)
+    running_modes.refuse_lossy_mode(left.pipeline.options, left.pipeline.runner)
     options = self._options
     if right is not None and options.self_join != "product":
       raise JobError("--self_join applies only when --right is omitted")

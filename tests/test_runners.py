@@ -28,7 +28,6 @@ _TIMEOUT = 240
 
 RUNNERS = {
     "direct": [],
-    "multi_threading": ["--direct_running_mode=multi_threading", "--direct_num_workers=2"],
     "multi_processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
     "portable": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
 }
