@@ -14,6 +14,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsList, AsSingleton
 
 from beam_job import (cells, describe, examples, lease, output_schema, outputs, planning, publish, running_modes,
@@ -49,6 +50,10 @@ class _ReadFileFn(beam.DoFn):
     self._on_corrupt = on_corrupt
 
   def process(self, path: str):
+    if FileSystems.get_scheme(path) is None:
+      problem = sources._problem(path)  # pylint: disable=protected-access
+      if problem:  # Beam's match may list a FIFO or skip nothing: never block on one or read a folder
+        raise JobError(f"input {path} {problem}")
     for record in sources.read_file(path, self._compression):
       if record.payload is not None:
         yield path, record.index, record.payload
@@ -153,7 +158,8 @@ class _SideStatsFn(beam.CombineFn):
     for source, (count, top, total) in indexes.items():
       if top != count - 1 or total != count * (count - 1) // 2:
         raise JobError(f"the records of source {source!r} are not numbered 0, 1, 2, ... without gaps or repeats "
-                       f"({count} records, highest index {top}); CrossProduct needs such indexes")
+                       f"({count} records, highest index {top}): the runner lost or repeated records, or the "
+                       "indexes of a PCollection given to CrossProduct are not positions")
     return planning.SideStats(good=dict(good), bad={s: tuple(sorted(i)) for s, i in bad.items()},
                               payload_bytes=size, keys=frozenset(keys))
 
@@ -279,8 +285,13 @@ class _WriteCellFn(beam.DoFn):
            "left": len(left), "right": len(right)}
 
 
-def _check_results(plan: planning.Plan, results: List[dict], counts: dict) -> None:
-  """Finalize publishes nothing unless every stage's count agrees: read, prepared, planned, in the cells."""
+def _check_results(plan: planning.Plan, results: List[dict], counts: dict, corrupt: int) -> None:
+  """Finalize publishes nothing unless every stage's count agrees: read, prepared, planned, corrupt records
+  listed, and the records and pairs of every cell."""
+  listed = sum(len(indexes) for side in counts for indexes in plan.bad[SIDES.index(side)].values())
+  if corrupt != listed:
+    raise RuntimeError(f"record accounting: {listed} corrupt record(s) in the plan, {corrupt} reached the "
+                       "dead-letter list; the runner lost or duplicated records")
   for side, planned in zip(SIDES, (plan.left_count, plan.right_count)):
     if side not in counts:
       continue
@@ -313,7 +324,8 @@ class _FinalizeFn(beam.DoFn):
   def process(self, plan: planning.Plan, results, corrupt, types, counts, token: str):
     options, output = self._options, self._options.output
     results = sorted(results, key=lambda r: r["shard"])
-    _check_results(plan, results, {side: dict(stages) for side, stages in _by_side(counts).items()})
+    corrupt = list(corrupt)
+    _check_results(plan, results, _by_side(counts), len(corrupt))
     folder = outputs.temp_dir(output, token)
     if not results:  # no pairs at all: still one (empty) shard, so readers of the prefix find a file
       path = sinks.attempt_path(folder, 0, 1)
