@@ -120,7 +120,10 @@ def apply(output: str, manifest: dict) -> None:
   summary = outputs.summary_path(output)
   if _summary_run(output) != token:
     lease.check(output, token)
-    old = set(manifest["delete"])
+    present = {o.path: o.size for o in outputs.list_owned(output)}
+    # A retry: shards this run already moved may bear an old file's name; they are done, not old.
+    moved = {final for temp, final, size in manifest["moves"] if temp not in present and present.get(final) == size}
+    old = set(manifest["delete"]) - moved
     if summary in old:
       delete([summary])  # first: from here on no summary describes what is being replaced
     delete(old - {summary})

@@ -351,6 +351,21 @@ def test_finalize_retried_after_a_copy_without_its_delete_completes_its_own_outp
                                           "p-00002-of-00003.tfrecord", "p-schema.pbtxt", "p-summary.json"]
 
 
+def test_finalize_retried_after_renaming_over_old_names_keeps_its_own_shards(tmp_path):
+  prefix = str(tmp_path / "p")
+  old = _temp_run(prefix, "aaaaaaaaaaaa", [b"old-0", b"old-1"])
+  publish.publish(prefix, "aaaaaaaaaaaa", _manifest(prefix, "aaaaaaaaaaaa", old))
+  moves = _temp_run(prefix, "0123456789ab", [b"new-zero", b"new-one"])  # the same two names, other sizes
+  manifest = _manifest(prefix, "0123456789ab", moves, overwrite=True)()
+  publish.write_text(f"{outputs.temp_dir(prefix, '0123456789ab')}/{publish.MANIFEST}", json.dumps(manifest),
+                     f"{prefix}-x.tmp")
+  os.remove(outputs.summary_path(prefix))  # the first attempt deleted the old summary and files...
+  os.rename(moves[0][0], moves[0][1])  # ...renamed one shard over an old name, and died
+  publish.publish(prefix, "0123456789ab", lambda: pytest.fail("a retry must reuse the manifest"))
+  assert [open(m[1], "rb").read() for m in moves] == [b"new-zero", b"new-one"]
+  assert assert_honest(prefix)["run"] == "0123456789ab"
+
+
 def test_a_reported_object_of_another_size_or_missing_is_never_published(tmp_path):
   prefix = str(tmp_path / "p")
   moves = _temp_run(prefix, "0123456789ab", [b"one", b"two"])
