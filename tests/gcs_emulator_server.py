@@ -15,6 +15,9 @@ target that does not exist has generation 0; a missing object to read, delete or
 Not covered: batch requests (Beam's rename and delete use them, without conditions), metageneration
 conditions, the XML API. The server handles one request at a time, so a check and its write are atomic.
 
+The emulator also builds each object's ``mediaLink`` with the name unquoted, and google-cloud-storage downloads
+from that link: a name holding ``?`` is cut at it (404). GCS percent-encodes the name; so does this server.
+
 It also takes one test-only fault: ``POST /_test/list_fault`` with ``{"prefix": P, "status": 403, "times": N}``
 makes the next N listings whose ``prefix`` starts with P answer that status (a GCS-shaped error); ``times`` 0
 disarms it. Only from 127.0.0.1, and bounded (N at most 100), so a test that forgets to disarm it cannot break
@@ -24,6 +27,7 @@ other tests' listings for long; a listing of any other prefix is never affected.
 import sys
 import threading
 from http import HTTPStatus
+from urllib import parse
 
 from gcp_storage_emulator import server
 from gcp_storage_emulator.__main__ import main
@@ -107,6 +111,18 @@ def enforce_preconditions() -> None:
                           for regex, methods in server.HANDLERS)
 
 
+def quote_media_links() -> None:
+  """Object resources carry the name percent-encoded in ``mediaLink``, as GCS sends them."""
+  make = objects._make_object_resource  # pylint: disable=protected-access
+
+  def make_quoted(base_url, bucket_name, object_name, *args, **kwargs):
+    resource = make(base_url, bucket_name, object_name, *args, **kwargs)
+    resource["mediaLink"] = (f"{base_url}/download/storage/v1/b/{bucket_name}/o/{parse.quote(object_name, safe='')}"
+                             f"?generation={resource['generation']}&alt=media")
+    return resource
+  objects._make_object_resource = make_quoted  # pylint: disable=protected-access
+
+
 _FAULT_LOCK = threading.Lock()
 _LIST_FAULT = {"prefix": "", "status": 0, "times": 0}
 _MAX_TIMES = 100
@@ -159,6 +175,7 @@ def inject_list_faults() -> None:
 
 
 if __name__ == "__main__":
+  quote_media_links()
   inject_list_faults()  # first: it finds the emulator's own listing handler
   enforce_preconditions()
   main(sys.argv[1:])
