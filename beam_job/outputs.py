@@ -158,9 +158,10 @@ def list_owned(output: str) -> List[Owned]:
     pattern = escape_glob(output) + "-**"
     try:
       listed = [(m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list]
-    except Exception as e:  # pylint: disable=broad-except  # Beam wraps every cause in BeamIOError
-      causes = getattr(e, "exception_details", None) or {}
-      cause = next(iter(causes.values()), e)
+    except Exception as e:  # pylint: disable=broad-except  # Beam wraps every cause in BeamIOError, twice on GCS
+      cause = e
+      while getattr(cause, "exception_details", None):
+        cause = next(iter(cause.exception_details.values()))
       raise JobError(f"cannot list the files under --output {output!r}: {str(cause).splitlines()[0]}") from None
   owned = (classify(output, path, size) for path, size in listed)
   return sorted((o for o in owned if o is not None), key=lambda o: o.path)
