@@ -124,6 +124,23 @@ def _create_if_absent(path: str, text: str) -> bool:
   return (read(path) or {}).get("token") == json.loads(text)["token"]
 
 
+def _remove_stale(path: str, holder: dict) -> None:
+  """Removes a crashed run's lease, as read in ``holder``. Two runs may find the same stale lease; the second
+  to remove it must not remove the lease the first has just created in its place, so on GCS the delete holds
+  only for the generation whose content is ``holder``. Elsewhere the read and the delete are not atomic."""
+  if FileSystems.get_scheme(path) != "gs":
+    outputs.remove(path)
+    return
+  from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+  blob = _gcs_blob(path)
+  try:
+    blob.reload()
+    if json.loads(blob.download_as_bytes(if_generation_match=blob.generation)) == holder:
+      blob.delete(if_generation_match=blob.generation)
+  except (exceptions.NotFound, exceptions.PreconditionFailed, ValueError):
+    pass  # gone or replaced since it was read: the caller reads it again
+
+
 def acquire(output: str, token: str, watched: bool = True) -> None:
   """Takes the prefix's lease for run ``token``, or raises JobError naming the run that holds it.
 
@@ -142,7 +159,7 @@ def acquire(output: str, token: str, watched: bool = True) -> None:
     if is_live(holder, now):
       raise JobError(f"output prefix {output!r} is in use by {describe(holder)}; wait for it to end, or if no "
                      f"such run is alive, delete {path}")
-    outputs.remove(path)  # a crashed run's lease
+    _remove_stale(path, holder)
   raise JobError(f"could not take the lease {path}: other runs keep taking it")
 
 

@@ -146,21 +146,36 @@ def _list_local(output: str) -> List[Tuple[str, int]]:
   return found
 
 
+def _list_gcs(output: str) -> List[Tuple[str, int]]:
+  """Objects under a gs:// prefix, by the literal name prefix: no pattern, so no glob character to escape (the
+  escape of '[' is a regex set Python already warns about)."""
+  from apache_beam.io.gcp import gcsio  # pylint: disable=import-outside-toplevel
+  from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+  try:
+    return list(gcsio.GcsIO().list_files(output + "-"))
+  except exceptions.NotFound:
+    return []  # no such bucket
+
+
 def list_owned(output: str) -> List[Owned]:
   """Every file the job's naming produced under ``output`` (any run's), with sizes, from one listing.
 
   A missing folder or bucket prefix is simply empty; any other listing error fails with a one-line message
   naming the path, since acting on a partial listing could leave an earlier run's shards beside new ones.
   """
-  if FileSystems.get_scheme(output) is None:
+  scheme = FileSystems.get_scheme(output)
+  if scheme is None:
     listed = _list_local(output)
   else:
-    pattern = escape_glob(output) + "-**"
     try:
-      listed = [(m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list]
-    except Exception as e:  # pylint: disable=broad-except  # Beam wraps every cause in BeamIOError
-      causes = getattr(e, "exception_details", None) or {}
-      cause = next(iter(causes.values()), e)
+      if scheme == "gs":
+        listed = _list_gcs(output)
+      else:
+        listed = [(m.path, m.size_in_bytes) for m in FileSystems.match([escape_glob(output) + "-**"])[0].metadata_list]
+    except Exception as e:  # pylint: disable=broad-except  # Beam wraps every cause in BeamIOError, twice on GCS
+      cause = e
+      while getattr(cause, "exception_details", None):
+        cause = next(iter(cause.exception_details.values()))
       raise JobError(f"cannot list the files under --output {output!r}: {str(cause).splitlines()[0]}") from None
   owned = (classify(output, path, size) for path, size in listed)
   return sorted((o for o in owned if o is not None), key=lambda o: o.path)

@@ -220,9 +220,14 @@ def abandon(output: str, token: str) -> None:
   holder = lease.read(outputs.lease_path(output))
   if holder is not None and holder.get("token") not in (token, None) and lease.is_live(holder, time.time()):
     return  # another run owns the prefix now; our folder is its to clean
-  snapshot = outputs.Snapshot.take(output)
-  if _summary_run(output) != token:
-    present = {o.path for o in snapshot.published}
-    delete([path for path in stale_files(snapshot, token) if path in present])
-  remove_temp(output, token)
-  lease.release(output, token)
+  try:
+    snapshot = outputs.Snapshot.take(output)
+    if _summary_run(output) != token:
+      present = {o.path for o in snapshot.published}
+      delete([path for path in stale_files(snapshot, token) if path in present])
+    remove_temp(output, token)
+  finally:
+    # Even when the cleanup failed (a listing error): the next run on the prefix rolls back what is left (the
+    # files a manifest names go before the manifest), while a lease kept here would refuse every run from
+    # another machine until it expires.
+    lease.release(output, token)

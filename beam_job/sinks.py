@@ -71,12 +71,14 @@ def open_shard(path: str, compression: str) -> Iterator[_Counted]:
       stream.close()  # writes the trailer, only on success
     else:
       yield counted
+    # Commits the object. On an object store a close() that failed leaves the writer open, and a later close()
+    # (the garbage collector's, once the failure's traceback is gone) would retry the upload: cancel it too.
+    raw.close()
   except BaseException:
     if stream is not None:
       stream.fileobj = None  # so that closing it, even by the garbage collector, writes no trailer
     _cancel(raw, path)
     raise
-  raw.close()
 
 
 class _GzipCounted:

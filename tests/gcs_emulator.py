@@ -112,6 +112,16 @@ class Emulator:
         raise RuntimeError(f"creating bucket {name!r} answered {response.status}")
     return name
 
+  def fail_listings(self, prefix: str, status: int = 403, times: int = 100) -> None:
+    """Makes the next ``times`` listings whose prefix starts with ``prefix`` (an object name, no bucket) answer
+    ``status`` (tests/gcs_emulator_server.py's fault switch); ``fail_listings("", times=0)`` disarms it."""
+    body = json.dumps({"prefix": prefix, "status": status, "times": times}).encode()
+    request = urllib.request.Request(f"{self.host}/_test/list_fault", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+      if response.status != 200:
+        raise RuntimeError(f"arming the listing fault answered {response.status}")
+
   def client(self):
     """A google-cloud-storage client for this emulator (anonymous: the emulator checks nothing)."""
     from google.auth.credentials import AnonymousCredentials

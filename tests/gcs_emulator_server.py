@@ -14,10 +14,20 @@ target that does not exist has generation 0; a missing object to read, delete or
 
 Not covered: batch requests (Beam's rename and delete use them, without conditions), metageneration
 conditions, the XML API. The server handles one request at a time, so a check and its write are atomic.
+
+The emulator also builds each object's ``mediaLink`` with the name unquoted, and google-cloud-storage downloads
+from that link: a name holding ``?`` is cut at it (404). GCS percent-encodes the name; so does this server.
+
+It also takes one test-only fault: ``POST /_test/list_fault`` with ``{"prefix": P, "status": 403, "times": N}``
+makes the next N listings whose ``prefix`` starts with P answer that status (a GCS-shaped error); ``times`` 0
+disarms it. Only from 127.0.0.1, and bounded (N at most 100), so a test that forgets to disarm it cannot break
+other tests' listings for long; a listing of any other prefix is never affected.
 """
 
 import sys
+import threading
 from http import HTTPStatus
+from urllib import parse
 
 from gcp_storage_emulator import server
 from gcp_storage_emulator.__main__ import main
@@ -101,6 +111,71 @@ def enforce_preconditions() -> None:
                           for regex, methods in server.HANDLERS)
 
 
+def quote_media_links() -> None:
+  """Object resources carry the name percent-encoded in ``mediaLink``, as GCS sends them."""
+  make = objects._make_object_resource  # pylint: disable=protected-access
+
+  def make_quoted(base_url, bucket_name, object_name, *args, **kwargs):
+    resource = make(base_url, bucket_name, object_name, *args, **kwargs)
+    resource["mediaLink"] = (f"{base_url}/download/storage/v1/b/{bucket_name}/o/{parse.quote(object_name, safe='')}"
+                             f"?generation={resource['generation']}&alt=media")
+    return resource
+  objects._make_object_resource = make_quoted  # pylint: disable=protected-access
+
+
+_FAULT_LOCK = threading.Lock()
+_LIST_FAULT = {"prefix": "", "status": 0, "times": 0}
+_MAX_TIMES = 100
+
+
+def _error(response, status: HTTPStatus, message: str) -> None:
+  response.status = status
+  response.json({"error": {"code": status.value, "message": message,
+                           "errors": [{"domain": "global", "reason": status.phrase, "message": message}]}})
+
+
+def _list_fault(request, response, storage, *args, **kwargs):
+  """The control endpoint: arms the listing fault (``times`` 0 disarms it); loopback clients only."""
+  del storage, args, kwargs
+  if request._request_handler.client_address[0] != "127.0.0.1":  # pylint: disable=protected-access
+    _error(response, HTTPStatus.FORBIDDEN, "the fault switch answers loopback clients only")
+    return
+  body = request.data if isinstance(request.data, dict) else {}  # a JSON body arrives parsed
+  status = HTTPStatus(int(body.get("status", 403)))
+  if status.value < 400 or not isinstance(body.get("prefix"), str):
+    _error(response, HTTPStatus.BAD_REQUEST, "need a string prefix and an error status")
+    return
+  with _FAULT_LOCK:
+    _LIST_FAULT.update(prefix=body["prefix"], status=status.value,
+                       times=max(0, min(int(body.get("times", 1)), _MAX_TIMES)))
+    response.json(dict(_LIST_FAULT))
+
+
+def _faulty(handler):
+  """A listing handler that answers the armed error to listings under the armed prefix."""
+  def faulty(request, response, storage, *args, **kwargs):
+    prefix = (request.query.get("prefix") or [""])[0]
+    with _FAULT_LOCK:
+      armed = _LIST_FAULT["times"] > 0 and prefix.startswith(_LIST_FAULT["prefix"])
+      if armed:
+        _LIST_FAULT["times"] -= 1
+        status = HTTPStatus(_LIST_FAULT["status"])
+    if armed:
+      _error(response, status, f"injected fault: listing {prefix!r} fails with {status.value}")
+      return None
+    return handler(request, response, storage, *args, **kwargs)
+  return faulty
+
+
+def inject_list_faults() -> None:
+  """Adds the control endpoint first in the router's table and wraps every listing handler."""
+  routes = tuple((regex, {method: _faulty(handler) if handler is objects.ls else handler
+                          for method, handler in methods.items()}) for regex, methods in server.HANDLERS)
+  server.HANDLERS = ((r"^/_test/list_fault$", {"POST": _list_fault}),) + routes
+
+
 if __name__ == "__main__":
+  quote_media_links()
+  inject_list_faults()  # first: it finds the emulator's own listing handler
   enforce_preconditions()
   main(sys.argv[1:])
