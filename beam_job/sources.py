@@ -19,7 +19,7 @@ from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from beam_job import tfrecord
+from beam_job import outputs, tfrecord
 from beam_job.errors import JobError
 
 COMPRESSIONS = ("auto", "uncompressed", "gzip", "zlib")
@@ -247,7 +247,10 @@ def open_input(path: str, compression: str, stack: contextlib.ExitStack) -> Bina
 
 
 def _size(path: str) -> int:
-  return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+  """The size of one file, named literally (a ``[`` in its name is not a pattern)."""
+  if FileSystems.get_scheme(path) is None:
+    return os.path.getsize(path)
+  return FileSystems.match([outputs.escape_glob(path)])[0].metadata_list[0].size_in_bytes
 
 
 def read_file(path: str, compression: str) -> Iterator[tfrecord.Record]:
