@@ -210,8 +210,9 @@ class _Supervisor:
 def supervised(cleanup: Callable[[], None], active: bool = True) -> Iterator[None]:
   """Runs the block (the local runner running a pipeline, in this process) with its SDK workers watched: if one
   dies, the block raises ``WorkerLost``, or, if the runner cannot be interrupted, ``cleanup`` runs and the
-  process exits 1 after printing one line. ``active=False``: no workers to watch (another running mode)."""
-  if not active:
+  process exits 1 after printing one line. ``active=False``: no workers to watch (another running mode). Needs
+  Linux's ``/proc``; elsewhere the block runs unwatched."""
+  if not active or not os.path.isdir("/proc/self"):
     yield
     return
   with _Supervisor(cleanup):
