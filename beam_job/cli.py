@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_job import (describe, lease, outputs, planning, progress, publish, quiet, running_modes, sampling, sinks,
-                      sources, transforms)
+                      sources, transforms, workers)
 from beam_job.errors import JobError, find_job_error
 
 _LOG = logging.getLogger("beam_job")
@@ -242,7 +242,8 @@ def dry_run(args, beam_args) -> dict:
     options = PipelineOptions(beam_args)
     pipeline = beam.Pipeline(runner=local_runner(options), options=options)
     _ = build(pipeline, args) | "Keep" >> beam.Map(_write_local_json, path)
-    pipeline.run().wait_until_finish()
+    with workers.supervised(lambda: None, active=workers.multi_processing(options)):
+      pipeline.run().wait_until_finish()
     with open(path, encoding="utf-8") as f:
       return json.load(f)
 
@@ -252,13 +253,17 @@ def local_runner(options: PipelineOptions):
 
   Beam 2.77's DirectRunner tries Prism before anything else; here that means a download that cannot succeed.
   ``--direct_running_mode`` and ``--direct_num_workers`` keep their meaning, except that ``multi_threading``
-  is refused: it loses records (see ``beam_job.running_modes``).
+  is refused: it loses records (see ``beam_job.running_modes``). ``multi_processing`` workers import
+  ``beam_job.workers`` first, so that none outlives the run (see ``run``).
   """
   running_modes.refuse_lossy_mode(options)
   from apache_beam.portability.api import beam_provision_api_pb2
   from apache_beam.runners.portability.fn_api_runner import fn_runner
   from apache_beam.runners.portability.portable_runner import JobServiceHandle
-  encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+  all_options = options.get_all_options()
+  if workers.multi_processing(options):
+    all_options = workers.with_plugin(all_options)
+  encoded = JobServiceHandle.encode_pipeline_options(all_options)
   return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
       beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
@@ -295,8 +300,10 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None)
     return None
   lease.acquire(args.output, token)
   try:
+    supervise = runner is not None and workers.multi_processing(options)  # a dead worker would hang it
     with lease.kept(args.output, token), progress.FolderProgress(outputs.temp_dir(args.output, token),
-                                                                 progress_stream):
+                                                                 progress_stream), \
+        workers.supervised(lambda: _abandon(args.output, token), active=supervise):
       state = pipeline.run().wait_until_finish()
     if state != beam.runners.runner.PipelineState.DONE:
       raise RuntimeError(f"pipeline ended in state {state}")
@@ -335,6 +342,9 @@ def main(argv: Optional[List[str]] = None) -> int:
   try:
     with quiet.filtered_stderr() as terminal:
       summary = run(argv, progress_stream=terminal if on_terminal else None)
+  except workers.WorkerLost as e:  # the run failed, not the user: one line all the same
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   except Exception as e:  # pylint: disable=broad-except
     message = find_job_error(e)
     if message is None:

@@ -42,7 +42,7 @@ def _boot_id() -> str:
     return ""
 
 
-def _process_start(pid: int) -> Optional[str]:
+def process_start(pid: int) -> Optional[str]:
   """The start time of ``pid`` in clock ticks since boot, so a reused pid is not taken for the holder."""
   try:
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
@@ -56,7 +56,7 @@ def _holder(token: str, now: float, watched: bool) -> dict:
   process running the pipeline in memory), so its death on this machine frees the prefix at once."""
   pid = os.getpid() if watched else None
   return {"token": token, "host": socket.gethostname(), "boot": _boot_id(), "pid": pid,
-          "pid_start": _process_start(pid) if pid else None, "taken": now,
+          "pid_start": process_start(pid) if pid else None, "taken": now,
           "expires": now + (EXPIRY_SECONDS if watched else SUBMITTED_EXPIRY_SECONDS)}
 
 
@@ -65,7 +65,7 @@ def is_live(holder: dict, now: float) -> bool:
   if holder.get("expires", 0) <= now:
     return False
   if holder.get("host") == socket.gethostname() and holder.get("boot") == _boot_id() and holder.get("pid"):
-    return _process_start(int(holder["pid"])) == holder.get("pid_start")
+    return process_start(int(holder["pid"])) == holder.get("pid_start")
   return True
 
 

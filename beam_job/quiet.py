@@ -8,10 +8,12 @@ descriptor 2 for the duration of the run and forwards everything except tracebac
 
 import contextlib
 import os
+import sys
 import threading
-from typing import Iterator, List, TextIO
+from typing import Iterator, List, Optional, TextIO
 
 _CHAIN_LINES = ("During handling of the above exception", "The above exception was the direct cause")
+_terminal: Optional[TextIO] = None  # the real stderr while descriptor 2 is filtered
 
 
 def _forward(reader: TextIO, out: TextIO) -> None:
@@ -51,9 +53,18 @@ def filtered_stderr() -> Iterator[TextIO]:
   real = os.fdopen(os.dup(saved), "w", buffering=1)
   thread = threading.Thread(target=_forward, args=(os.fdopen(read_fd, "r", errors="replace"), real), daemon=True)
   thread.start()
+  global _terminal  # pylint: disable=global-statement
+  _terminal = real
   try:
     yield real
   finally:
+    _terminal = None
     os.dup2(saved, 2)  # closes this process's last write end of the pipe: the thread sees its end
     os.close(saved)
     thread.join(timeout=5)  # a worker process still holding the pipe must not hold up the exit
+
+
+def terminal() -> TextIO:
+  """The real stderr, for a last line written just before the process ends (``os._exit`` leaves no time for the
+  filter's thread to forward it)."""
+  return _terminal or sys.stderr

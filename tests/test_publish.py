@@ -191,7 +191,7 @@ def test_a_second_run_on_a_live_prefix_is_refused(small, tmp_path, capsys, overw
   try:
     with open(outputs.lease_path(str(prefix)), "w", encoding="utf-8") as f:
       json.dump({"token": "aaaaaaaaaaaa", "host": __import__("socket").gethostname(), "boot": lease._boot_id(),
-                 "pid": holder.pid, "pid_start": lease._process_start(holder.pid), "expires": time.time() + 600}, f)
+                 "pid": holder.pid, "pid_start": lease.process_start(holder.pid), "expires": time.time() + 600}, f)
     line = _user_error(capsys, _argv(small, prefix, *more), "is in use by run aaaaaaaaaaaa", f"pid {holder.pid}",
                        "delete " + outputs.lease_path(str(prefix)))
     assert os.listdir(tmp_path) == ["p-lease.json"], line
