@@ -127,8 +127,28 @@ def _create_if_absent(path: str, text: str) -> bool:
 def _remove_stale(path: str, holder: dict) -> None:
   """Removes a crashed run's lease, as read in ``holder``. Two runs may find the same stale lease; the second
   to remove it must not remove the lease the first has just created in its place, so on GCS the delete holds
-  only for the generation whose content is ``holder``. Elsewhere the read and the delete are not atomic."""
-  if FileSystems.get_scheme(path) != "gs":
+  only for the generation whose content is ``holder``; locally the lease is moved aside atomically and put back
+  when it is not the one read. On other filesystems the read and the delete are not atomic."""
+  scheme = FileSystems.get_scheme(path)
+  if scheme is None:  # move it aside atomically, then look at what was moved
+    aside = f"{path}.{uuid.uuid4().hex}"
+    try:
+      os.rename(path, aside)
+    except FileNotFoundError:
+      return
+    try:
+      with open(aside, encoding="utf-8") as f:
+        moved = json.load(f)
+    except ValueError:
+      moved = None
+    if moved != holder:  # another run's fresh lease: put it back
+      try:
+        os.link(aside, path)
+      except FileExistsError:
+        pass
+    os.remove(aside)
+    return
+  if scheme != "gs":
     outputs.remove(path)
     return
   from google.api_core import exceptions  # pylint: disable=import-outside-toplevel

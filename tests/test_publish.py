@@ -210,6 +210,34 @@ def test_an_expired_lease_of_another_machine_is_taken_over(small, tmp_path):
   assert cli.run(_argv(small, prefix))["pairs"] == 24
 
 
+def test_two_runs_taking_over_one_stale_local_lease_never_both_hold_it(tmp_path):
+  import threading
+  from beam_job.errors import JobError
+  prefix = str(tmp_path / "p")
+  path = outputs.lease_path(prefix)
+  for attempt in range(200):
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump({"token": "deaddeaddead", "host": "elsewhere", "pid": 1, "expires": time.time() - 1}, f)
+    holders, barrier = [], threading.Barrier(2)
+
+    def take(token):
+      barrier.wait()
+      try:
+        lease.acquire(prefix, token)
+        holders.append(token)
+      except JobError:
+        pass
+
+    threads = [threading.Thread(target=take, args=(f"{attempt:03d}aaaaaaaa{n}",)) for n in range(2)]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
+    assert len(holders) == 1 and lease.read(path)["token"] == holders[0], (attempt, holders)
+    assert sorted(os.listdir(tmp_path)) == ["p-lease.json"]
+    os.remove(path)
+
+
 @pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
 def test_two_runs_started_together_publish_one_whole_output(small, tmp_path, overwrite):
   prefix = tmp_path / "p"
