@@ -83,6 +83,7 @@ class Plan:
   estimated_bytes: int
   sample_rate: float = 1.0
   side_bytes: Tuple[int, int] = (0, 0)  # encoded records of each side
+  run: Optional[str] = None  # the token of the run that writes this plan (None in a dry run)
 
   @property
   def shuffle_bytes(self) -> int:

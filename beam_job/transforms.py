@@ -16,6 +16,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsList, AsSingleton
+from apache_beam.transforms.window import GlobalWindows
 
 from beam_job import (cells, describe, examples, lease, output_schema, outputs, planning, publish, running_modes,
                       sampling, sinks, sources)
@@ -89,7 +90,8 @@ class ReadExamples(beam.PTransform):
 
 
 class _PrepareFn(beam.DoFn):
-  """Parses, filters and renames each record once; bad payloads go to the ``corrupt`` output."""
+  """Parses, filters and renames each record once; bad payloads go to the ``corrupt`` output. Each bundle also
+  reports how many records it received (``counts``), which Finalize holds against every later stage."""
 
   def __init__(self, side: int, prefix: str, on_corrupt: str, select=None, count: bool = True):
     self._side = side
@@ -100,7 +102,15 @@ class _PrepareFn(beam.DoFn):
     self._records = beam.metrics.Metrics.counter(NAMESPACE, f"{SIDES[side]}_records")
     self._corrupt = beam.metrics.Metrics.counter(NAMESPACE, "corrupt_records")
 
+  def start_bundle(self):
+    self._received = 0
+
+  def finish_bundle(self):
+    yield beam.pvalue.TaggedOutput("counts", GlobalWindows.windowed_value(
+        (SIDES[self._side], "prepared", self._received)))
+
   def process(self, element):
+    self._received += 1
     source, index, payload = element
     if not isinstance(payload, Corrupt):
       try:
@@ -254,9 +264,9 @@ class _WriteCellFn(beam.DoFn):
     self._pairs = beam.metrics.Metrics.counter(NAMESPACE, "pairs_written")
     self._bytes = beam.metrics.Metrics.counter(NAMESPACE, "bytes_written")
 
-  def process(self, element, plan: planning.Plan, broadcast, token: str):
+  def process(self, element, plan: planning.Plan, broadcast):
     cell, members = element
-    options = self._options
+    options, token = self._options, plan.run
     if time.time() - self._renewed > lease.RENEW_SECONDS:
       lease.renew(options.output, token)
       self._renewed = time.time()
@@ -321,8 +331,8 @@ class _FinalizeFn(beam.DoFn):
     self._options = options
     self._self_join = self_join
 
-  def process(self, plan: planning.Plan, results, corrupt, types, counts, token: str):
-    options, output = self._options, self._options.output
+  def process(self, plan: planning.Plan, results, corrupt, types, counts):
+    options, output, token = self._options, self._options.output, plan.run
     results = sorted(results, key=lambda r: r["shard"])
     corrupt = list(corrupt)
     _check_results(plan, results, _by_side(counts), len(corrupt))
@@ -460,7 +470,7 @@ class _PrepareSide(beam.PTransform):
     side, options = self._side, self._options
     prepared = records | "Parse" >> beam.ParDo(_PrepareFn(
         side, options.prefixes[side], options.on_corrupt, options.selects[side], self._count)).with_outputs(
-            "corrupt", main="records")
+            "corrupt", "counts", main="records")
     stats = ((prepared.records, prepared.corrupt) | "Both" >> beam.Flatten()
              | "Stats" >> beam.CombineGlobally(_SideStatsFn()))
     types = (prepared.records
@@ -469,27 +479,31 @@ class _PrepareSide(beam.PTransform):
              | "Decode" >> beam.ParDo(_FeatureTypesFn())
              | "Types" >> beam.CombineGlobally(_merge_types)
              | "TagSide" >> beam.Map(lambda types, side: (side, types), side))
-    return prepared.records, prepared.corrupt, stats, types
+    return prepared.records, prepared.corrupt, stats, types, prepared.counts
 
 
-def _plan(left_stats, right_stats, options: dict):
-  return planning.make_plan(left_stats, right_stats, **options)
-
-
-def _note_plan(plan: planning.Plan, output: str, token: str, gzip_output: bool) -> None:
-  """Leaves the plan's totals in the run's temporary folder, for progress displays."""
-  folder = outputs.temp_dir(output, token)
+def _plan(left_stats, right_stats, options: dict, run: Optional["_Run"] = None, token: Optional[str] = None):
+  """Plans the job. In a real run (``run``) it then starts the run: takes the lease (idempotent, so a retry is
+  harmless; the CLI took it already), rolls back dead runs, refuses an earlier output without --overwrite, and
+  leaves the plan's totals in the run's temporary folder for progress displays."""
+  plan = planning.make_plan(left_stats, right_stats, **options)
+  if run is None:
+    return plan
+  publish.begin(run.output, token, run.overwrite)
+  folder = outputs.temp_dir(run.output, token)
   publish.write_text(f"{folder}/plan.json", json.dumps(
-      {"pairs": plan.pairs, "estimated_bytes": plan.estimated_bytes, "gzip": gzip_output}), f"{folder}/plan.tmp")
+      {"pairs": plan.pairs, "estimated_bytes": plan.estimated_bytes, "gzip": run.gzip}), f"{folder}/plan.tmp")
+  return dataclasses.replace(plan, run=token)
 
 
-def _new_token(_) -> str:
-  return uuid.uuid4().hex[:12]
+class _Run(NamedTuple):
+  output: str
+  overwrite: bool
+  gzip: bool
 
 
-def _count(pcoll, label: str, side: str, stage: str):
-  return (pcoll | f"Count{label}" >> beam.combiners.Count.Globally()
-          | f"Tag{label}" >> beam.Map(lambda n, side, stage: (side, stage, n), side, stage))
+def _new_token(given: Optional[str]) -> str:
+  return given or uuid.uuid4().hex[:12]
 
 
 class CrossProduct(beam.PTransform):
@@ -524,18 +538,16 @@ class CrossProduct(beam.PTransform):
     self_join = options.self_join if right is None else None
     sides = [left | "PrepareLeft" >> _PrepareSide(0, options, True),
              (left if right is None else right) | "PrepareRight" >> _PrepareSide(1, options, right is not None)]
-    plan = sides[0][2] | "Plan" >> beam.Map(_plan, AsSingleton(sides[1][2]), options.plan_options(self_join))
     if self._dry_run:
-      return plan | "Describe" >> beam.Map(describe.plan_description, options)
-    pipeline = left.pipeline
-    token = (pipeline | "RunToken" >> beam.Create([self._token])
-             | "ChooseToken" >> beam.Map(lambda given: given or _new_token(None)))
-    # A side input, not the same stage: a retried Begin sees the token its first attempt took the lease with.
-    run = (pipeline | "Begin" >> beam.Create([None])
-           | "TakeLease" >> beam.Map(lambda _, token, output, overwrite: publish.begin(output, token, overwrite),
-                                     AsSingleton(token), options.output, options.overwrite))
-    _ = plan | "NotePlan" >> beam.Map(_note_plan, options.output, AsSingleton(run),
-                                      options.output_compression == "gzip")
+      return (sides[0][2] | "Plan" >> beam.Map(_plan, AsSingleton(sides[1][2]), options.plan_options(self_join))
+              | "Describe" >> beam.Map(describe.plan_description, options))
+    # The run's token names its lease and temporary folder. Chosen when the pipeline runs (unless the CLI, which
+    # is itself one run, passes its own), in a stage of its own: a retried Plan sees the token it began with.
+    token = self._token or AsSingleton(left.pipeline | "RunToken" >> beam.Create([None])
+                                       | "ChooseToken" >> beam.Map(_new_token))
+    run = _Run(options.output, options.overwrite, options.output_compression == "gzip")
+    plan = sides[0][2] | "Plan" >> beam.Map(_plan, AsSingleton(sides[1][2]), options.plan_options(self_join), run,
+                                            token)
     index_names = options.index_names()
     results = ([side[0] | f"To{SIDES[i].title()}Cells" >> beam.FlatMap(
                    _to_cells, i, AsSingleton(plan), index_names[i]) for i, side in enumerate(sides)]
@@ -544,13 +556,13 @@ class CrossProduct(beam.PTransform):
                | "WriteCells" >> beam.ParDo(
                    _WriteCellFn(options, self_join, self._fail_cell), AsSingleton(plan),
                    AsList(sides[1][0] | "Broadcast" >> beam.FlatMap(
-                       _broadcast_side, AsSingleton(plan), index_names[1])), AsSingleton(run)))
+                       _broadcast_side, AsSingleton(plan), index_names[1]))))
     corrupt = [sides[0][1]] + ([sides[1][1]] if right is not None else []) | "AllCorrupt" >> beam.Flatten()
     types = [side[3] for side in sides] | "AllTypes" >> beam.Flatten()
     counted = [(left, sides[0], "left")] + ([(right, sides[1], "right")] if right is not None else [])
-    counts = ([_count(records, f"{side.title()}Read", side, "read") for records, _, side in counted]
-              + [_count(prepared[k], f"{side.title()}{kind}", side, "prepared")
-                 for _, prepared, side in counted for k, kind in ((0, "Prepared"), (1, "Corrupt"))]
+    counts = ([records | f"Count{side.title()}Read" >> beam.combiners.Count.Globally()
+               | f"Tag{side.title()}Read" >> beam.Map(lambda n, side: (side, "read", n), side)
+               for records, _, side in counted] + [prepared[4] for _, prepared, _ in counted]
               | "AllCounts" >> beam.Flatten())
     return plan | "Finalize" >> beam.ParDo(_FinalizeFn(options, self_join), AsList(results), AsList(corrupt),
-                                           AsList(types), AsList(counts), AsSingleton(run))
+                                           AsList(types), AsList(counts))
