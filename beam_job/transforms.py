@@ -129,6 +129,24 @@ class _PrepareFn(beam.DoFn):
     yield beam.pvalue.TaggedOutput("corrupt", (source, index, payload))
 
 
+class _CountFn(beam.DoFn):
+  """Counts the elements where they are produced (it runs in their producer's stage, outputs nothing per
+  element): one ``(side, stage, count)`` per bundle, with no shuffle of its own."""
+
+  def __init__(self, side: str, stage: str):
+    self._side, self._stage = side, stage
+
+  def start_bundle(self):
+    self._count = 0
+
+  def process(self, element):
+    self._count += 1
+    return ()
+
+  def finish_bundle(self):
+    yield GlobalWindows.windowed_value((self._side, self._stage, self._count))
+
+
 class _SideStatsFn(beam.CombineFn):
   """Counts good records per source, collects corrupt indexes, payload bytes and feature names, and the
   (count, max, sum) of each source's indexes, which show whether they are 0, 1, 2, ... as ordinals need."""
@@ -560,8 +578,7 @@ class CrossProduct(beam.PTransform):
     corrupt = [sides[0][1]] + ([sides[1][1]] if right is not None else []) | "AllCorrupt" >> beam.Flatten()
     types = [side[3] for side in sides] | "AllTypes" >> beam.Flatten()
     counted = [(left, sides[0], "left")] + ([(right, sides[1], "right")] if right is not None else [])
-    counts = ([records | f"Count{side.title()}Read" >> beam.combiners.Count.Globally()
-               | f"Tag{side.title()}Read" >> beam.Map(lambda n, side: (side, "read", n), side)
+    counts = ([records | f"Count{side.title()}Read" >> beam.ParDo(_CountFn(side, "read"))
                for records, _, side in counted] + [prepared[4] for _, prepared, _ in counted]
               | "AllCounts" >> beam.Flatten())
     return plan | "Finalize" >> beam.ParDo(_FinalizeFn(options, self_join), AsList(results), AsList(corrupt),
