@@ -459,19 +459,33 @@ def tiny_disk(tmp_path):
   subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_disk_that_fills_during_publishing_leaves_no_summary_and_a_rerun_completes(small, tmp_path, tiny_disk):
+@pytest.mark.parametrize("full", ["space", "inodes"])
+def test_a_disk_that_fills_during_publishing_leaves_no_summary_and_a_rerun_completes(small, tmp_path, tiny_disk,
+                                                                                     full):
   argv = ["--left", small["left"], "--right", small["right"], *GRID]
   clean = cli.run(argv + ["--output", str(tmp_path / "clean")])
   prefix = tiny_disk / "p"
-  filler = tiny_disk / "filler"
-  free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
-  room = clean["bytes"] + 4096 * len(clean["shards"])  # the shards fit, the schema and summary do not
-  filler.write_bytes(b"\0" * max(0, free - room - 4096))
-  with pytest.raises(Exception):
+  fillers = tiny_disk / "fillers"
+  fillers.mkdir()
+  if full == "space":
+    # Pages for the lease, plan.json, each shard and the manifest: the shards are renamed into place, then
+    # the schema finds no room.
+    page = os.statvfs(tiny_disk).f_frsize
+    pages = sum(-(-os.path.getsize(shard) // page) for shard in clean["shards"]) + 3
+    (fillers / "filler").write_bytes(b"\0" * ((os.statvfs(tiny_disk).f_bavail - pages) * page))
+  else:
+    # Inodes for the lease, the temporary folder, plan.json, each shard and the manifest: the shards are
+    # renamed into place, then the schema finds no inode left.
+    count = 0
+    while os.statvfs(tiny_disk).f_favail > len(clean["shards"]) + 4:
+      (fillers / str(count)).touch()
+      count += 1
+  with pytest.raises(Exception, match="No space left on device") as failed:
     cli.run(argv + ["--output", str(prefix)])
+  assert "CrossProduct/Finalize" in str(failed.value)  # after every cell succeeded: while publishing
   assert assert_honest(prefix) is None and _shards(prefix) == []  # rolled back: nothing half-published
-  assert [n for n in os.listdir(tiny_disk) if n != "filler"] == []
-  filler.unlink()
+  assert [n for n in os.listdir(tiny_disk) if n != "fillers"] == []
+  subprocess.run(["rm", "-rf", str(fillers)], check=True)
   rerun = cli.run(argv + ["--output", str(prefix)])
   assert _bytes(prefix) == _bytes(tmp_path / "clean")
   assert assert_honest(prefix) == rerun

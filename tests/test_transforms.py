@@ -310,3 +310,22 @@ def test_indexes_must_number_each_source_from_zero(tmp_path, indexes):
     with _pipeline() as p:
       _ = (p | "Left" >> beam.Create(left), p | "Right" >> beam.Create(right)) | CrossProduct(output)
   assert _published(tmp_path) == []
+
+
+def test_the_run_token_is_chosen_when_the_pipeline_runs_not_when_it_is_built(tmp_path):
+  """One graph run twice (as a classic template would be) gets two runs: two tokens, two temporary folders,
+  and the second run replaces the first's output."""
+  files = _files(tmp_path)
+  output = str(tmp_path / "out" / "pairs")
+  pipeline = beam.Pipeline(runner=cli.local_runner(PipelineOptions([])), options=PipelineOptions([]))
+  records = pipeline | ReadExamples([str(tmp_path / "in" / "*")])
+  _ = records | CrossProduct(output, collision="prefix", self_join="combinations", overwrite=True)
+  runs = []
+  for _ in range(2):
+    pipeline.run().wait_until_finish()
+    with open(output + "-summary.json", encoding="utf-8") as f:
+      runs.append(json.load(f)["run"])
+  assert runs[0] != runs[1] and all(len(run) == 12 for run in runs)
+  assert sorted(os.listdir(tmp_path / "out")) == ["pairs-00000-of-00001.tfrecord", "pairs-schema.pbtxt",
+                                                  "pairs-summary.json"]
+  assert sum(len(payloads) for payloads in files.values()) == 6
