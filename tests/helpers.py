@@ -120,3 +120,60 @@ def canonical(example) -> bytes:
   if isinstance(example, (bytes, bytearray)):
     example = parse(bytes(example))
   return example.features.SerializeToString(deterministic=True)
+
+
+def temp_run(prefix: str, token: str, shards: Sequence[bytes]) -> list:
+  """A run's folder as its cells leave it: the lease taken, one reported temporary object per shard; returns
+  the (temporary, final, size) moves a manifest names."""
+  from beam_job import lease, outputs, sinks  # pylint: disable=import-outside-toplevel
+  lease.acquire(prefix, token)
+  folder = outputs.temp_dir(prefix, token)
+  moves = []
+  for shard, data in enumerate(shards):
+    path = sinks.attempt_path(folder, shard, len(shards))
+    with sinks.open_shard(path, "uncompressed") as out:
+      out.write(data)
+    moves.append((path, outputs.shard_name(prefix, shard, len(shards), "uncompressed"), out.count))
+  return moves
+
+
+def manifest_builder(prefix: str, token: str, moves: list, overwrite: bool = False):
+  """What Finalize passes to ``publish.publish``: builds the manifest of ``moves`` with a schema and a summary."""
+  import json  # pylint: disable=import-outside-toplevel
+  from beam_job import outputs, publish  # pylint: disable=import-outside-toplevel
+  summary = json.dumps({"run": token, "shards": [m[1] for m in moves], "bytes": sum(m[2] for m in moves)})
+  return lambda: publish.make_manifest(prefix, token, moves, {outputs.schema_path(prefix): "schema"}, summary,
+                                       overwrite)
+
+
+def shards_of(prefix) -> list:
+  """The shards under ``prefix`` (any run's), in shard order, from the job's own listing."""
+  from beam_job import outputs  # pylint: disable=import-outside-toplevel
+  return [o for o in outputs.list_owned(str(prefix)) if o.kind == "shard"]
+
+
+def assert_honest(prefix):
+  """Whenever a summary stands, the shards present are exactly the ones it lists, with its byte total.
+  Returns the summary, or None when there is none (an incomplete output, which a reader knows not to use)."""
+  import json  # pylint: disable=import-outside-toplevel
+  from beam_job import outputs, publish  # pylint: disable=import-outside-toplevel
+  text = publish.read_text(outputs.summary_path(str(prefix)))
+  if text is None:
+    return None
+  summary = json.loads(text)
+  present = shards_of(prefix)
+  assert sorted(o.path for o in present) == sorted(summary["shards"])
+  assert sum(o.size for o in present) == summary["bytes"]
+  return summary
+
+
+def user_error(capsys, argv, *parts) -> str:
+  """Runs the CLI, which must fail with exit 2 and exactly one ``error:`` line holding every one of ``parts``."""
+  from beam_job import cli  # pylint: disable=import-outside-toplevel
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  lines = [line for line in err.splitlines() if line.startswith("error: ")]
+  assert len(lines) == 1 and "Traceback" not in err, err
+  for part in parts:
+    assert part in lines[0], lines[0]
+  return lines[0]

@@ -16,7 +16,8 @@ import time
 import pytest
 
 from beam_job import cli, lease, outputs, publish, sinks
-from tests.helpers import make_example, read_tfrecords, write_tfrecord
+from tests.helpers import (assert_honest, make_example, manifest_builder, read_tfrecords, shards_of, temp_run, user_error,
+                           write_tfrecord)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,35 +37,8 @@ def _argv(small, prefix, *more):
 GRID = ("--strategy", "grid", "--target_shard_mb", "0.0004")  # several shards from 6 x 4 records
 
 
-def _shards(prefix):
-  return [o for o in outputs.list_owned(str(prefix)) if o.kind == "shard"]
-
-
-def assert_honest(prefix):
-  """Whenever a summary stands, the shards present are exactly the ones it lists, with its byte total."""
-  path = outputs.summary_path(str(prefix))
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    summary = json.load(f)
-  present = _shards(prefix)
-  assert sorted(o.path for o in present) == sorted(summary["shards"])
-  assert sum(o.size for o in present) == summary["bytes"]
-  return summary
-
-
 def _bytes(prefix):
-  return [open(o.path, "rb").read() for o in _shards(prefix)]
-
-
-def _user_error(capsys, argv, *parts):
-  assert cli.main(argv) == 2
-  err = capsys.readouterr().err
-  lines = [line for line in err.splitlines() if line.startswith("error: ")]
-  assert len(lines) == 1 and "Traceback" not in err, err
-  for part in parts:
-    assert part in lines[0], lines[0]
-  return lines[0]
+  return [open(o.path, "rb").read() for o in shards_of(prefix)]
 
 
 # Names and matching -------------------------------------------------------------------------------------------
@@ -93,7 +67,7 @@ def test_listing_finds_100000_plus_shards_in_shard_order(tmp_path):
   for shard in (0, 9, 99_999, 100_000, 100_001):
     open(outputs.shard_name(prefix, shard, count, "uncompressed"), "wb").close()
   open(outputs.shard_name(prefix, 3, 5, "uncompressed"), "wb").close()  # an earlier run's, another count
-  found = [o.shard for o in _shards(prefix)]
+  found = [o.shard for o in shards_of(prefix)]
   assert sorted(found) == [(0, count), (3, 5), (9, count), (99_999, count), (100_000, count), (100_001, count)]
 
 
@@ -133,10 +107,10 @@ def test_an_input_spelled_through_a_symlink_or_double_slash_is_never_overwritten
   before = open(shard, "rb").read()
   (tmp_path / "link").symlink_to(real)
   for output in (str(tmp_path / "link" / "run1"), "/" + str(real / "run1")):
-    _user_error(capsys, ["--left", shard, "--right", small["right"], "--output", output, "--overwrite"],
+    user_error(capsys, ["--left", shard, "--right", small["right"], "--output", output, "--overwrite"],
                 f"--output {output!r}", "run1-00000-of-00001.tfrecord", "choose another prefix")
   linked = str(tmp_path / "link" / "run1-00000-of-00001.tfrecord")
-  _user_error(capsys, ["--left", linked, "--right", small["right"], "--output", str(real / "run1"), "--overwrite"],
+  user_error(capsys, ["--left", linked, "--right", small["right"], "--output", str(real / "run1"), "--overwrite"],
               linked, "choose another prefix")
   assert open(shard, "rb").read() == before
 
@@ -192,7 +166,7 @@ def test_a_second_run_on_a_live_prefix_is_refused(small, tmp_path, capsys, overw
     with open(outputs.lease_path(str(prefix)), "w", encoding="utf-8") as f:
       json.dump({"token": "aaaaaaaaaaaa", "host": __import__("socket").gethostname(), "boot": lease._boot_id(),
                  "pid": holder.pid, "pid_start": lease.process_start(holder.pid), "expires": time.time() + 600}, f)
-    line = _user_error(capsys, _argv(small, prefix, *more), "is in use by run aaaaaaaaaaaa", f"pid {holder.pid}",
+    line = user_error(capsys, _argv(small, prefix, *more), "is in use by run aaaaaaaaaaaa", f"pid {holder.pid}",
                        "delete " + outputs.lease_path(str(prefix)))
     assert os.listdir(tmp_path) == ["p-lease.json"], line
   finally:
@@ -332,7 +306,7 @@ def test_a_rerun_without_overwrite_completes_a_first_run_killed_while_renaming(s
   second_rename = [i for i, o in enumerate(ops) if o.startswith("rename")][1]
   crashed = _crash_run(_argv(small, prefix, *GRID), second_rename + 1)
   assert crashed.returncode == 137
-  assert assert_honest(prefix) is None and len(_shards(prefix)) == 1  # one shard out, no summary
+  assert assert_honest(prefix) is None and len(shards_of(prefix)) == 1  # one shard out, no summary
   rerun = cli.run(_argv(small, prefix, *GRID))  # not refused as "an earlier run"
   assert _bytes(prefix) == _bytes(tmp_path / "q")
   assert assert_honest(prefix) == rerun
@@ -341,29 +315,10 @@ def test_a_rerun_without_overwrite_completes_a_first_run_killed_while_renaming(s
 # Finalize retries and reported sizes --------------------------------------------------------------------------
 
 
-def _temp_run(prefix, token, shards):
-  """A run's folder as its cells leave it: one reported temporary object per shard."""
-  lease.acquire(prefix, token)
-  folder = outputs.temp_dir(prefix, token)
-  moves = []
-  for shard, data in enumerate(shards):
-    path = sinks.attempt_path(folder, shard, len(shards))
-    with sinks.open_shard(path, "uncompressed") as out:
-      out.write(data)
-    moves.append((path, outputs.shard_name(prefix, shard, len(shards), "uncompressed"), out.count))
-  return moves
-
-
-def _manifest(prefix, token, moves, overwrite=False):
-  summary = json.dumps({"run": token, "shards": [m[1] for m in moves], "bytes": sum(m[2] for m in moves)})
-  return lambda: publish.make_manifest(prefix, token, moves, {outputs.schema_path(prefix): "schema"}, summary,
-                                       overwrite)
-
-
 def test_finalize_retried_after_a_copy_without_its_delete_completes_its_own_output(tmp_path):
   prefix = str(tmp_path / "p")
-  moves = _temp_run(prefix, "0123456789ab", [b"one", b"two", b"three"])
-  build = _manifest(prefix, "0123456789ab", moves)
+  moves = temp_run(prefix, "0123456789ab", [b"one", b"two", b"three"])
+  build = manifest_builder(prefix, "0123456789ab", moves)
   manifest = build()
   publish.write_text(f"{outputs.temp_dir(prefix, '0123456789ab')}/{publish.MANIFEST}", json.dumps(manifest),
                      f"{prefix}-x.tmp")
@@ -379,12 +334,12 @@ def test_finalize_retried_after_a_copy_without_its_delete_completes_its_own_outp
                                           "p-00002-of-00003.tfrecord", "p-schema.pbtxt", "p-summary.json"]
 
 
-def test_finalize_retried_after_renaming_over_old_names_keeps_its_own_shards(tmp_path):
+def test_finalize_retried_after_renaming_over_old_names_keeps_its_ownshards_of(tmp_path):
   prefix = str(tmp_path / "p")
-  old = _temp_run(prefix, "aaaaaaaaaaaa", [b"old-0", b"old-1"])
-  publish.publish(prefix, "aaaaaaaaaaaa", _manifest(prefix, "aaaaaaaaaaaa", old))
-  moves = _temp_run(prefix, "0123456789ab", [b"new-zero", b"new-one"])  # the same two names, other sizes
-  manifest = _manifest(prefix, "0123456789ab", moves, overwrite=True)()
+  old = temp_run(prefix, "aaaaaaaaaaaa", [b"old-0", b"old-1"])
+  publish.publish(prefix, "aaaaaaaaaaaa", manifest_builder(prefix, "aaaaaaaaaaaa", old))
+  moves = temp_run(prefix, "0123456789ab", [b"new-zero", b"new-one"])  # the same two names, other sizes
+  manifest = manifest_builder(prefix, "0123456789ab", moves, overwrite=True)()
   publish.write_text(f"{outputs.temp_dir(prefix, '0123456789ab')}/{publish.MANIFEST}", json.dumps(manifest),
                      f"{prefix}-x.tmp")
   os.remove(outputs.summary_path(prefix))  # the first attempt deleted the old summary and files...
@@ -396,7 +351,7 @@ def test_finalize_retried_after_renaming_over_old_names_keeps_its_own_shards(tmp
 
 def test_a_reported_object_of_another_size_or_missing_is_never_published(tmp_path):
   prefix = str(tmp_path / "p")
-  moves = _temp_run(prefix, "0123456789ab", [b"one", b"two"])
+  moves = temp_run(prefix, "0123456789ab", [b"one", b"two"])
   with open(moves[1][0], "wb") as f:  # a zombie attempt's shorter object under the reported name
     f.write(b"tw")
   with pytest.raises(RuntimeError, match=r"temporary shard .*shard-00001-.* has 2 bytes, but its cell reported 3"):
@@ -416,12 +371,12 @@ def test_a_failed_cell_attempt_leaves_no_object_and_a_duplicate_is_never_publish
         raise RuntimeError("the attempt dies half-way")
     assert not os.path.exists(path)
   prefix = str(tmp_path / "p")
-  moves = _temp_run(prefix, "0123456789ab", [b"winner"])
+  moves = temp_run(prefix, "0123456789ab", [b"winner"])
   zombie = sinks.attempt_path(outputs.temp_dir(prefix, "0123456789ab"), 0, 1)
   with sinks.open_shard(zombie, "uncompressed") as out:  # finishes after the winner; never reported
     out.write(b"zombie!")
   assert zombie != moves[0][0]
-  publish.publish(prefix, "0123456789ab", _manifest(prefix, "0123456789ab", moves))
+  publish.publish(prefix, "0123456789ab", manifest_builder(prefix, "0123456789ab", moves))
   assert open(moves[0][1], "rb").read() == b"winner"
   assert sorted(os.listdir(tmp_path)) == ["p-00000-of-00001.tfrecord", "p-schema.pbtxt", "p-summary.json"]
   again = publish.publish(prefix, "0123456789ab", lambda: pytest.fail("published: nothing to build"))
@@ -439,7 +394,7 @@ def test_a_listing_error_fails_with_one_line_naming_the_path(small, tmp_path, ca
     return real(path)
 
   monkeypatch.setattr(os, "scandir", failing)
-  _user_error(capsys, _argv(small, prefix, "--overwrite"), f"cannot list the files under --output {str(prefix)!r}",
+  user_error(capsys, _argv(small, prefix, "--overwrite"), f"cannot list the files under --output {str(prefix)!r}",
               "Permission denied")
 
 
@@ -483,7 +438,7 @@ def test_a_disk_that_fills_during_publishing_leaves_no_summary_and_a_rerun_compl
   with pytest.raises(Exception, match="No space left on device") as failed:
     cli.run(argv + ["--output", str(prefix)])
   assert "CrossProduct/Finalize" in str(failed.value)  # after every cell succeeded: while publishing
-  assert assert_honest(prefix) is None and _shards(prefix) == []  # rolled back: nothing half-published
+  assert assert_honest(prefix) is None and shards_of(prefix) == []  # rolled back: nothing half-published
   assert [n for n in os.listdir(tiny_disk) if n != "fillers"] == []
   subprocess.run(["rm", "-rf", str(fillers)], check=True)
   rerun = cli.run(argv + ["--output", str(prefix)])

@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp import gcsio
 
 from beam_job import cli, lease, outputs, publish, sinks
-from tests.helpers import make_example, write_tfrecord
+from tests.helpers import assert_honest, make_example, manifest_builder, shards_of, temp_run, user_error, write_tfrecord
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RAW = CompressionTypes.UNCOMPRESSED
@@ -63,39 +63,13 @@ def _under(folder):
   return sorted(m.path for m in FileSystems.match([outputs.escape_glob(folder) + "/**"])[0].metadata_list)
 
 
-def _shards(prefix):
-  return [o for o in outputs.list_owned(prefix) if o.kind == "shard"]
-
-
-def assert_honest(prefix):
-  """Whenever a summary stands, the shards present are exactly the ones it lists, with its byte total."""
-  text = publish.read_text(outputs.summary_path(prefix))
-  if text is None:
-    return None
-  summary = json.loads(text)
-  present = _shards(prefix)
-  assert sorted(o.path for o in present) == sorted(summary["shards"])
-  assert sum(o.size for o in present) == summary["bytes"]
-  return summary
-
-
 def _bytes(prefix):
-  return [_get(o.path) for o in _shards(prefix)]
+  return [_get(o.path) for o in shards_of(prefix)]
 
 
 def _published(prefix, summary):
   """What a complete run leaves under its prefix: its shards, schema and summary, nothing else."""
   return sorted(summary["shards"] + [outputs.schema_path(prefix), outputs.summary_path(prefix)])
-
-
-def _user_error(capsys, argv, *parts):
-  assert cli.main(argv) == 2
-  err = capsys.readouterr().err
-  lines = [line for line in err.splitlines() if line.startswith("error: ")]
-  assert len(lines) == 1 and "Traceback" not in err, err
-  for part in parts:
-    assert part in lines[0], lines[0]
-  return lines[0]
 
 
 # Cell attempts: cancelled on failure, never published as duplicates ------------------------------------------
@@ -153,28 +127,9 @@ def test_a_job_whose_cell_fails_leaves_no_object_of_that_attempt_and_its_rerun_c
   assert _under(gcs_prefix) == _published(prefix, rerun)
 
 
-def _temp_run(prefix, token, shards):
-  """A run's folder as its cells leave it: one reported temporary object per shard."""
-  lease.acquire(prefix, token)
-  folder = outputs.temp_dir(prefix, token)
-  moves = []
-  for shard, data in enumerate(shards):
-    path = sinks.attempt_path(folder, shard, len(shards))
-    with sinks.open_shard(path, "uncompressed") as out:
-      out.write(data)
-    moves.append((path, outputs.shard_name(prefix, shard, len(shards), "uncompressed"), out.count))
-  return moves
-
-
-def _manifest(prefix, token, moves, overwrite=False):
-  summary = json.dumps({"run": token, "shards": [m[1] for m in moves], "bytes": sum(m[2] for m in moves)})
-  return lambda: publish.make_manifest(prefix, token, moves, {outputs.schema_path(prefix): "schema"}, summary,
-                                       overwrite)
-
-
 def test_duplicate_attempts_finishing_or_failing_after_the_winner_are_never_published(gcs_prefix):
   prefix, token = f"{gcs_prefix}/p", "0123456789ab"
-  moves = _temp_run(prefix, token, [b"winner 0", b"winner 1"])
+  moves = temp_run(prefix, token, [b"winner 0", b"winner 1"])
   folder = outputs.temp_dir(prefix, token)
   zombie = sinks.attempt_path(folder, 1, 2)
   with sinks.open_shard(zombie, "uncompressed") as out:  # finishes after the winner; its report is dropped
@@ -187,7 +142,7 @@ def test_duplicate_attempts_finishing_or_failing_after_the_winner_are_never_publ
   gc.collect()
   assert sorted(o.path for o in outputs.list_owned(prefix) if o.kind == "temp") == sorted([moves[0][0], moves[1][0],
                                                                                            zombie])
-  publish.publish(prefix, token, _manifest(prefix, token, moves))
+  publish.publish(prefix, token, manifest_builder(prefix, token, moves))
   assert assert_honest(prefix)["shards"] == [m[1] for m in moves]
   assert _bytes(prefix) == [b"winner 0", b"winner 1"]
   assert _under(gcs_prefix) == sorted([m[1] for m in moves] + [outputs.schema_path(prefix),
@@ -198,11 +153,11 @@ def test_duplicate_attempts_finishing_or_failing_after_the_winner_are_never_publ
 
 def test_a_reported_object_of_another_size_is_never_published(gcs_prefix):
   prefix, token = f"{gcs_prefix}/p", "0123456789ab"
-  moves = _temp_run(prefix, token, [b"one", b"two"])
+  moves = temp_run(prefix, token, [b"one", b"two"])
   _put(moves[1][0], b"tw")  # a shorter object under the reported name
   with pytest.raises(RuntimeError, match=r"temporary shard .*shard-00001-.* has 2 bytes, but its cell reported 3"):
-    publish.publish(prefix, token, _manifest(prefix, token, moves))
-  assert assert_honest(prefix) is None and _shards(prefix) == []
+    publish.publish(prefix, token, manifest_builder(prefix, token, moves))
+  assert assert_honest(prefix) is None and shards_of(prefix) == []
 
 
 # Finalize retried after a rename's copy without its delete ---------------------------------------------------
@@ -210,9 +165,9 @@ def test_a_reported_object_of_another_size_is_never_published(gcs_prefix):
 
 def test_finalize_retried_after_a_copy_without_its_delete_completes_its_own_output(gcs_prefix, monkeypatch):
   prefix, token = f"{gcs_prefix}/p", "0123456789ab"
-  old = _temp_run(prefix, "aaaaaaaaaaaa", [b"old 0", b"old 1", b"old 2"])
-  publish.publish(prefix, "aaaaaaaaaaaa", _manifest(prefix, "aaaaaaaaaaaa", old))
-  moves = _temp_run(prefix, token, [b"new 0", b"new one"])
+  old = temp_run(prefix, "aaaaaaaaaaaa", [b"old 0", b"old 1", b"old 2"])
+  publish.publish(prefix, "aaaaaaaaaaaa", manifest_builder(prefix, "aaaaaaaaaaaa", old))
+  moves = temp_run(prefix, token, [b"new 0", b"new one"])
   delete_batch = gcsio.GcsIO.delete_batch
 
   def dies_after_the_copy(self, paths):
@@ -222,7 +177,7 @@ def test_finalize_retried_after_a_copy_without_its_delete_completes_its_own_outp
 
   monkeypatch.setattr(gcsio.GcsIO, "delete_batch", dies_after_the_copy)
   with pytest.raises(ConnectionError):
-    publish.publish(prefix, token, _manifest(prefix, token, moves, overwrite=True))
+    publish.publish(prefix, token, manifest_builder(prefix, token, moves, overwrite=True))
   monkeypatch.setattr(gcsio.GcsIO, "delete_batch", delete_batch)
   present = {o.path for o in outputs.list_owned(prefix)}
   assert {m[0] for m in moves} | {m[1] for m in moves} <= present  # both names exist: a copy without its delete
@@ -313,7 +268,7 @@ def test_a_plain_rerun_completes_a_first_run_killed_between_copy_and_delete(smal
   prefix = f"{gcs_prefix}/p"
   crashed = _crash_run(_argv(small, prefix, *GRID), "delete shard-", tmp_path / "ops")
   assert crashed.returncode == 137, crashed.stderr[-3000:]
-  assert assert_honest(prefix) is None and len(_shards(prefix)) == len(small["clean"]["uncompressed"])
+  assert assert_honest(prefix) is None and len(shards_of(prefix)) == len(small["clean"]["uncompressed"])
   rerun = cli.run(_argv(small, prefix, *GRID))  # not refused as "an earlier run"
   assert assert_honest(prefix) == rerun
   assert _bytes(prefix) == small["clean"]["uncompressed"]
@@ -369,7 +324,7 @@ def test_a_listing_error_fails_with_one_line_naming_the_path_and_publishes_nothi
   before = {path: _get(path) for path in _under(gcs_prefix)}
   gcs_emulator.fail_listings(prefix.split("/", 3)[3], status=403)
   try:
-    _user_error(capsys, _argv(small, prefix, *GRID, *(["--overwrite"] if overwrite else [])),
+    user_error(capsys, _argv(small, prefix, *GRID, *(["--overwrite"] if overwrite else [])),
                 f"cannot list the files under --output {prefix!r}: 403 GET ", "injected fault")
   finally:
     gcs_emulator.fail_listings("", times=0)
