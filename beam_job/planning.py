@@ -39,6 +39,57 @@ class SideStats:
     return sum(self.good.values())
 
 
+class IndexRuns:
+  """The record indexes of one source, exactly, as sorted disjoint ``[start, end)`` runs plus the first index
+  seen twice. Indexes that arrive as 0, 1, 2, ... stay one run, so the stats stay small; any repeat or gap is
+  found (a count, maximum and sum would take ``[0, 0, 3, 3]`` for ``[0, 1, 2, 3]``)."""
+
+  __slots__ = ("runs", "repeat")
+
+  def __init__(self, runs=None, repeat=None):
+    self.runs = runs or []
+    self.repeat = repeat
+
+  def __reduce__(self):
+    return IndexRuns, (self.runs, self.repeat)
+
+  def add(self, index: int) -> None:
+    if self.runs and self.runs[-1][1] == index:
+      self.runs[-1][1] += 1
+      return
+    self.runs.append([index, index + 1])
+    if len(self.runs) > 1024:  # indexes out of order: keep the list short
+      self.normalize()
+
+  def merge(self, other: "IndexRuns") -> None:
+    self.runs.extend([start, end] for start, end in other.runs)
+    self.repeat = self.repeat if self.repeat is not None else other.repeat
+    self.normalize()
+
+  def normalize(self) -> None:
+    merged = []
+    for start, end in sorted(self.runs):
+      if merged and start < merged[-1][1]:
+        self.repeat = start if self.repeat is None else self.repeat
+        merged[-1][1] = max(merged[-1][1], end)
+      elif merged and start == merged[-1][1]:
+        merged[-1][1] = end
+      else:
+        merged.append([start, end])
+    self.runs = merged
+
+  def problem(self) -> Optional[str]:
+    """Why these are not exactly 0, 1, 2, ..., n - 1 (None when they are)."""
+    self.normalize()
+    if self.repeat is not None:
+      return f"index {self.repeat} appears more than once"
+    if self.runs and self.runs[0][0] != 0:
+      return f"indexes 0..{self.runs[0][0] - 1} are missing"
+    if len(self.runs) > 1:
+      return f"indexes {self.runs[0][1]}..{self.runs[1][0] - 1} are missing"
+    return None
+
+
 def cell_pairs(rows: Tuple[int, int], cols: Tuple[int, int], self_join: Optional[str]) -> int:
   """Number of pairs (l, r), l in ``rows`` and r in ``cols`` (half-open ordinal ranges), that are kept.
 

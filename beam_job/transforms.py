@@ -148,8 +148,8 @@ class _CountFn(beam.DoFn):
 
 
 class _SideStatsFn(beam.CombineFn):
-  """Counts good records per source, collects corrupt indexes, payload bytes and feature names, and the
-  (count, max, sum) of each source's indexes, which show whether they are 0, 1, 2, ... as ordinals need."""
+  """Counts good records per source, collects corrupt indexes, payload bytes and feature names, and the exact
+  set of each source's indexes (``planning.IndexRuns``), which must be 0, 1, 2, ... as ordinals need."""
 
   def create_accumulator(self):
     return {}, {}, 0, set(), {}
@@ -163,8 +163,10 @@ class _SideStatsFn(beam.CombineFn):
       good[source] = good.get(source, 0) + 1
       size += len(record.payload)
       keys.update(record.keys)
-    count, top, total = indexes.get(source, (0, -1, 0))
-    indexes[source] = (count + 1, max(top, index), total + index)
+    runs = indexes.get(source)
+    if runs is None:
+      runs = indexes[source] = planning.IndexRuns()
+    runs.add(index)
     return good, bad, size, keys, indexes
 
   def merge_accumulators(self, accumulators):
@@ -174,20 +176,20 @@ class _SideStatsFn(beam.CombineFn):
         good[source] = good.get(source, 0) + n
       for source, found in b.items():
         bad.setdefault(source, []).extend(found)
-      for source, (count, top, total) in i.items():
-        c, t, s2 = indexes.get(source, (0, -1, 0))
-        indexes[source] = (c + count, max(t, top), s2 + total)
+      for source, runs in i.items():
+        indexes.setdefault(source, planning.IndexRuns()).merge(runs)
       size += s
       keys |= k
     return good, bad, size, keys, indexes
 
   def extract_output(self, acc):
     good, bad, size, keys, indexes = acc
-    for source, (count, top, total) in indexes.items():
-      if top != count - 1 or total != count * (count - 1) // 2:
+    for source, runs in indexes.items():
+      problem = runs.problem()
+      if problem:
         raise JobError(f"the records of source {source!r} are not numbered 0, 1, 2, ... without gaps or repeats "
-                       f"({count} records, highest index {top}): the runner lost or repeated records, or the "
-                       "indexes of a PCollection given to CrossProduct are not positions")
+                       f"({problem}): the runner lost or repeated records, or the indexes of a PCollection "
+                       "given to CrossProduct are not positions")
     return planning.SideStats(good=dict(good), bad={s: tuple(sorted(i)) for s, i in bad.items()},
                               payload_bytes=size, keys=frozenset(keys))
 

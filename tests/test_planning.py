@@ -1,6 +1,7 @@
 """beam_job.planning: pair counts, the plan's cells, its checks and messages, ordinals and shard names."""
 
 import itertools
+import pickle
 from collections import Counter
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from beam_job import planning
 from beam_job.errors import JobError
 from beam_job.outputs import shard_name
-from beam_job.planning import SideStats, cell_pairs, make_plan, total_pairs
+from beam_job.planning import IndexRuns, SideStats, cell_pairs, make_plan, total_pairs
 
 MODES = [None, "product", "combinations", "combinations_with_replacement"]
 
@@ -237,3 +238,20 @@ def test_chunk():
 ])
 def test_shard_name(args, expected):
   assert shard_name(*args) == expected
+
+
+@pytest.mark.parametrize("parts,problem", [
+    ([range(10)], None), ([range(5, 10), range(5)], None), ([[3, 1, 2, 0], [4]], None), ([[]], None),
+    ([range(10), [4]], "index 4 appears more than once"), ([[0, 0, 3, 3]], "index 0 appears more than once"),
+    ([range(3), range(4, 6)], "indexes 3..3 are missing"), ([range(2, 5)], "indexes 0..1 are missing"),
+    ([list(range(3000, 0, -1)) + [0]], None), ([list(range(3000, 0, -1)) + [0, 1500]], "index 1500 appears more than once"),
+])
+def test_index_runs_are_exact_in_any_order_and_any_split(parts, problem):
+  merged = IndexRuns()
+  for part in parts:
+    runs = IndexRuns()
+    for index in part:
+      runs.add(index)
+    merged.merge(pickle.loads(pickle.dumps(runs)))
+  assert merged.problem() == problem
+  assert len(merged.runs) <= 2

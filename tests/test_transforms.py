@@ -299,14 +299,19 @@ def test_read_examples_into_cross_product(tmp_path):
   assert _read(holder) == _nested_loop(elements, None, "combinations", left_prefix="left_", right_prefix="right_")
 
 
-@pytest.mark.parametrize("indexes", [[1, 2, 3], [0, 5, 10], [0, 0, 3]], ids=["one_based", "gaps", "repeats"])
-def test_indexes_must_number_each_source_from_zero(tmp_path, indexes):
+@pytest.mark.parametrize("indexes,problem", [
+    ([1, 2, 3], "indexes 0..0 are missing"), ([0, 5, 10], "indexes 1..4 are missing"),
+    ([0, 0, 3], "index 0 appears more than once"),
+    ([0, 0, 3, 3], "index 0 appears more than once"),  # count, maximum and sum of 0, 1, 2, 3
+    ([3, 0, 2, 2], "index 2 appears more than once")], ids=["one_based", "gaps", "repeats", "same_sums", "unordered"])
+def test_indexes_must_number_each_source_from_zero(tmp_path, indexes, problem):
   """Ordinals are offset + index, so each source's indexes must be 0, 1, 2, ...: anything else is refused
   before any output is written (it would otherwise drop or repeat pairs silently)."""
   left = [("a", i, make_example({"l": [i]})) for i in indexes]
   right = [("r", j, make_example({"r": [j]})) for j in range(2)]
   output = str(tmp_path / "pairs")
-  with pytest.raises(Exception, match=r"records of source 'a' are not numbered 0, 1, 2, \.\.\. without gaps"):
+  with pytest.raises(Exception, match=r"records of source 'a' are not numbered 0, 1, 2, \.\.\. without gaps or "
+                                      r"repeats \(" + problem.replace(".", r"\.") + r"\)"):
     with _pipeline() as p:
       _ = (p | "Left" >> beam.Create(left), p | "Right" >> beam.Create(right)) | CrossProduct(output)
   assert _published(tmp_path) == []
