@@ -204,8 +204,15 @@ def _check_output(args, patterns: List[str], inputs: List[str]) -> None:
       raise JobError(f"--output {args.output!r} is the prefix of input files ({path}); choose another prefix")
   sinks.check_writable(args.output, uuid.uuid4().hex[:12])
   lease.refuse_if_held(args.output)
-  if not args.overwrite:
-    outputs.refuse_existing(args.output, publish.surviving(args.output))
+  if args.overwrite:
+    return
+  self_join = (args.self_join or "product") if not args.right else None
+  if publish.died_after_publishing(args.output, transforms.PairOptions(**pair_options(args)).summary(self_join)):
+    # Rerunning the command whose run died after writing its summary (before its cleanup) completes it.
+    _LOG.info("the last run on %s died after publishing; rerunning it replaces its output", args.output)
+    args.overwrite = True
+    return
+  outputs.refuse_existing(args.output, publish.surviving(args.output))
 
 
 def build(pipeline: beam.Pipeline, args, _fail_cell=None, temp_token: Optional[str] = None):
@@ -273,6 +280,7 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None)
   parser = make_parser()
   args, beam_args = parser.parse_known_args(argv)
   _check_beam_flags(parser, beam_args)
+  args.output = outputs.normalize(args.output)
   if args.right and args.self_join:
     raise JobError("--self_join applies only when --right is omitted")
   left_patterns, right_patterns = sources.split_patterns(args.left), sources.split_patterns(args.right or "")

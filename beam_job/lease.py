@@ -75,6 +75,8 @@ def describe(holder: dict) -> str:
 
 
 def read(path: str) -> Optional[dict]:
+  if FileSystems.get_scheme(path) is None and os.path.isdir(path):
+    raise JobError(f"the lease file {path} is a directory, not a lease; move it away")
   try:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
       text = f.read()
@@ -83,9 +85,13 @@ def read(path: str) -> Optional[dict]:
       raise
     return None
   try:
-    return json.loads(text)
+    holder = json.loads(text)
   except ValueError:
-    return {"token": None, "expires": float("inf")}  # being written: treat as live
+    holder = None
+  if not isinstance(holder, dict):  # leases are written whole (a link, a rename, one upload): this is damage
+    raise JobError(f"the lease file {path} is damaged (not a JSON object); if no run on this prefix is alive, "
+                   "delete it")
+  return holder
 
 
 def _gcs_blob(path: str):
@@ -197,8 +203,15 @@ def renew(output: str, token: str) -> None:
   holder = read(path)
   if holder and holder.get("token") == token:
     holder["expires"] = max(holder.get("expires", 0), time.time() + EXPIRY_SECONDS)
+    text = json.dumps(holder)
+    if FileSystems.get_scheme(path) is None:  # never a half-written lease: write aside, then rename over it
+      staging = f"{path}.{uuid.uuid4().hex}"
+      with open(staging, "w", encoding="utf-8") as f:
+        f.write(text)
+      os.replace(staging, path)
+      return
     with FileSystems.create(path, mime_type="application/json", compression_type=CompressionTypes.UNCOMPRESSED) as f:
-      f.write(json.dumps(holder).encode("utf-8"))
+      f.write(text.encode("utf-8"))  # an object store's upload appears whole on close
 
 
 def release(output: str, token: str) -> None:

@@ -18,7 +18,10 @@ from beam_job.errors import JobError
 
 SUMMARY, SCHEMA, DEAD_LETTERS, LEASE = "summary.json", "schema.pbtxt", "corrupt.jsonl", "lease.json"
 _SHARD = re.compile(r"(\d{5,})-of-(\d{5,})\.tfrecord(\.gz)?")
-_TEMP = re.compile(r"temp-([0-9a-f]{12})(?:/(.+))?")
+_TEMP = re.compile(r"temp-([0-9a-f]{12})")
+# What a run writes in its temporary folder; anything else there is not the job's and is never deleted.
+_TEMP_FILES = re.compile(r"shard-\d{5,}-[0-9a-f]{32}|manifest\.json(\.tmp)?|plan\.(json|tmp)|text-\d+\.tmp|summary\.tmp|"
+                         r"probe")
 _GLOB = re.compile(r"([*?\[])")
 
 
@@ -82,8 +85,9 @@ def classify(output: str, path: str, size: int = -1) -> Optional[Owned]:
   named = {SUMMARY: "summary", SCHEMA: "schema", DEAD_LETTERS: "dead_letters", LEASE: "lease"}.get(rest)
   if named:
     return Owned(path, size, named)
-  temp = _TEMP.fullmatch(rest)
-  if temp:
+  folder, _, name = rest.partition("/")
+  temp = _TEMP.fullmatch(folder)
+  if temp and (not name or _TEMP_FILES.fullmatch(name)):
     return Owned(path, size, "temp", token=temp.group(1))
   return None
 
@@ -134,10 +138,12 @@ def _list_local(output: str) -> List[Tuple[str, int]]:
           continue
         path = os.path.join(folder, entry.name)
         if entry.is_dir(follow_symlinks=False):
-          for root, _, files in os.walk(path):
-            found.extend((os.path.join(root, name), os.path.getsize(os.path.join(root, name))) for name in files)
-          found.append((path, 0))
-        else:
+          if _TEMP.fullmatch(entry.name[len(base) + 1:]):  # only a run's temporary folder is looked into
+            with os.scandir(path) as files:
+              found.extend((os.path.join(path, f.name), f.stat(follow_symlinks=False).st_size) for f in files
+                           if f.is_file(follow_symlinks=False))
+            found.append((path, 0))
+        elif entry.is_file(follow_symlinks=False):
           found.append((path, entry.stat(follow_symlinks=False).st_size))
   except FileNotFoundError:
     return []
@@ -210,6 +216,14 @@ def refuse_existing(output: str, published) -> None:
     paths = [o.path if isinstance(o, Owned) else o for o in published]
     raise JobError(f"output prefix {output!r} already holds {len(paths)} file(s) of an earlier run "
                    f"(e.g. {paths[0]}); pass --overwrite to replace them")
+
+
+def normalize(output: str) -> str:
+  """A local prefix with repeated slashes collapsed (``$OUT/pairs`` with ``OUT=/data/``): the listing names
+  files with single slashes, so the prefix must too. URLs are left as given (``//`` is part of an object name)."""
+  if FileSystems.get_scheme(output) is not None:
+    return output
+  return re.sub(r"/{2,}", "/", output)
 
 
 def resolve(path: str, follow: bool = False) -> str:

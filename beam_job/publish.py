@@ -19,6 +19,7 @@ missing or that another run wrote.
 
 import concurrent.futures
 import json
+import os
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -99,12 +100,21 @@ def make_manifest(output: str, token: str, moves: Sequence[Tuple[str, str, int]]
   return {"run": token, "moves": [list(m) for m in moves], "texts": texts, "summary": summary, "delete": old}
 
 
-def _summary_run(output: str) -> Optional[str]:
-  text = read_text(outputs.summary_path(output))
+def read_summary(output: str) -> Optional[dict]:
+  """The summary under ``output`` as a dict; None when there is none or it is not a JSON object."""
+  path = outputs.summary_path(output)
+  if _local(path) and os.path.isdir(path):
+    return None
+  text = read_text(path)
   try:
-    return json.loads(text).get("run") if text else None
+    summary = json.loads(text) if text else None
   except ValueError:
     return None
+  return summary if isinstance(summary, dict) else None
+
+
+def _summary_run(output: str) -> Optional[str]:
+  return (read_summary(output) or {}).get("run")
 
 
 def _rename(pairs: Sequence[Tuple[str, str]]) -> None:
@@ -164,11 +174,16 @@ def publish(output: str, token: str, build: Callable[[], dict]) -> str:
 
 
 def remove_temp(output: str, token: str) -> None:
+  """Deletes run ``token``'s temporary files, then its folder if nothing else is in it (a user's file that
+  happens to sit in a folder of that name is never the job's to delete)."""
   folder = outputs.temp_dir(output, token)
   files = [o.path for o in outputs.list_owned(output) if o.kind == "temp" and o.token == token]
   delete([path for path in files if path != folder])
   if _local(folder):
-    delete([folder])
+    try:
+      os.rmdir(folder)
+    except OSError:
+      pass  # gone already, or not empty: not the job's
 
 
 def stale_files(snapshot: outputs.Snapshot, token: str) -> List[str]:
@@ -204,6 +219,17 @@ def surviving(output: str) -> List[str]:
   for token in snapshot.temps:
     stale.update(stale_files(snapshot, token))
   return [o.path for o in snapshot.published if o.path not in stale]
+
+
+def died_after_publishing(output: str, options: dict) -> bool:
+  """Whether the output under ``output`` is complete but its run died before its cleanup (its temporary folder
+  or lease is still there), and was made with ``options``: the same command run again, not another job."""
+  summary = read_summary(output)
+  if not summary or not summary.get("run") or summary.get("options") != options:
+    return False
+  snapshot = outputs.Snapshot.take(output)
+  holder = lease.read(snapshot.lease.path) if snapshot.lease else None
+  return summary["run"] in snapshot.temps or (holder or {}).get("token") == summary["run"]
 
 
 def begin(output: str, token: str, overwrite: bool) -> str:

@@ -453,6 +453,7 @@ class PairOptions:
                      f"(64-bit signed), not {self.seed}")
     if not self.output:
       raise JobError("--output must name a prefix")
+    object.__setattr__(self, "output", outputs.normalize(self.output))
 
   @property
   def prefixes(self) -> Tuple[str, str]:

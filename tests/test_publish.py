@@ -58,7 +58,8 @@ def test_shard_names_widen_past_99999_shards_and_classify_is_their_inverse():
                "/o/pairs-00000-of-00001.tfrecord", "/o/p-x-00000-of-00001.tfrecord", "/o/p-summary.json.tmp"):
     assert outputs.classify("/o/p", path) is None, path
   assert outputs.classify("/o/p", "/o/p-summary.json").kind == "summary"
-  assert outputs.classify("/o/p", "/o/p-temp-0123456789ab/shard-00001-ff").token == "0123456789ab"
+  assert outputs.classify("/o/p", "/o/p-temp-0123456789ab/shard-00001-" + "f" * 32).token == "0123456789ab"
+  assert outputs.classify("/o/p", "/o/p-temp-0123456789ab/notes.txt") is None  # a user's file in such a folder
 
 
 def test_listing_finds_100000_plus_shards_in_shard_order(tmp_path):
@@ -108,7 +109,7 @@ def test_an_input_spelled_through_a_symlink_or_double_slash_is_never_overwritten
   (tmp_path / "link").symlink_to(real)
   for output in (str(tmp_path / "link" / "run1"), "/" + str(real / "run1")):
     user_error(capsys, ["--left", shard, "--right", small["right"], "--output", output, "--overwrite"],
-                f"--output {output!r}", "run1-00000-of-00001.tfrecord", "choose another prefix")
+               "run1-00000-of-00001.tfrecord", "choose another prefix")
   linked = str(tmp_path / "link" / "run1-00000-of-00001.tfrecord")
   user_error(capsys, ["--left", linked, "--right", small["right"], "--output", str(real / "run1"), "--overwrite"],
               linked, "choose another prefix")
@@ -119,13 +120,19 @@ def test_stale_temporary_folders_are_removed_only_when_named_by_the_job(small, t
   prefix = tmp_path / "p"
   stale = tmp_path / "p-temp-0123456789ab"
   stale.mkdir()
-  (stale / "shard-00000-aa").write_bytes(b"a crashed run's shard")
+  (stale / ("shard-00000-" + "a" * 32)).write_bytes(b"a crashed run's shard")
+  (stale / "plan.json").write_bytes(b"{}")
+  kept = tmp_path / "p-temp-00000000000f"  # named like a run's folder, but holding a user's file too
+  kept.mkdir()
+  (kept / ("shard-00000-" + "b" * 32)).write_bytes(b"a crashed run's shard")
+  (kept / "notes.txt").write_bytes(b"a user's file")
   foreign = [tmp_path / "p-temp-notours", tmp_path / "p-temp-0123456789abc", tmp_path / "p-tempfile"]
   for path in foreign:
     path.write_bytes(b"a user's file")
   cli.run(_argv(small, prefix))
   assert not stale.exists()
   assert all(path.read_bytes() == b"a user's file" for path in foreign)
+  assert os.listdir(kept) == ["notes.txt"]  # the job's file is gone, the user's file and its folder stay
 
 
 def test_a_failed_run_removes_its_temporary_objects_and_lease(small, tmp_path, monkeypatch):

@@ -79,7 +79,7 @@ def test_leftover_temporary_files_are_not_output(small, tmp_path):
   prefix = tmp_path / "pairs"
   leftover = tmp_path / "pairs-temp-0123456789ab"
   leftover.mkdir()
-  (leftover / "shard-00000").write_bytes(b"garbage of a crashed run")
+  (leftover / ("shard-00000-" + "0" * 32)).write_bytes(b"garbage of a crashed run")
   summary = cli.run(["--left", small["left"], "--right", small["right"], "--output", str(prefix)])
   assert summary["shards"] == [f"{prefix}-00000-of-00001.tfrecord"]
   assert len(read_tfrecords(summary["shards"])) == 24
