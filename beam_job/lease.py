@@ -43,12 +43,16 @@ def _boot_id() -> str:
 
 
 def process_start(pid: int) -> Optional[str]:
-  """The start time of ``pid`` in clock ticks since boot, so a reused pid is not taken for the holder."""
+  """The start time of ``pid`` in clock ticks since boot, so a reused pid is not taken for the holder; None
+  when no such process runs. A zombie (dead, not yet reaped by its parent) does not run."""
   try:
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-      return f.read().rsplit(")", 1)[1].split()[19]
-  except (OSError, IndexError):
+      fields = f.read().rsplit(")", 1)[1].split()
+  except OSError:
     return None
+  if len(fields) < 20 or fields[0] == "Z":
+    return None
+  return fields[19]
 
 
 def _holder(token: str, now: float, watched: bool) -> dict:

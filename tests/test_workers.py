@@ -121,3 +121,18 @@ def test_exit_statuses_are_told_as_signals_when_they_are():
 def test_the_plugin_is_added_once_to_beams_options():
   assert workers.with_plugin({"beam_plugins": None})["beam_plugins"] == ["beam_job.workers"]
   assert workers.with_plugin({"beam_plugins": ["x", "beam_job.workers"]})["beam_plugins"] == ["x", "beam_job.workers"]
+
+
+def test_a_dead_process_not_yet_reaped_is_not_alive():
+  """A killed CLI stays a zombie until its parent reaps it: its workers and its lease must take it for dead
+  (else a parent that waits for the workers' output before reaping would wait forever)."""
+  from beam_job import lease  # pylint: disable=import-outside-toplevel
+  child = subprocess.Popen([sys.executable, "-c", "pass"])
+  deadline = time.monotonic() + 30
+  while time.monotonic() < deadline and _read(f"/proc/{child.pid}/stat").rsplit(b")", 1)[1].split()[0] != b"Z":
+    time.sleep(0.05)
+  try:
+    assert lease.process_start(child.pid) is None
+    assert lease.process_start(os.getpid()) is not None
+  finally:
+    child.wait()
