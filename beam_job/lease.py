@@ -98,6 +98,19 @@ def read(path: str) -> Optional[dict]:
   return holder
 
 
+def _in_use(output: str, holder: dict, path: str) -> JobError:
+  return JobError(f"output prefix {output!r} is in use by {describe(holder)}; wait for it to end, or if no such run "
+                  f"is alive, delete {path}")
+
+
+def _staged(path: str, text: str) -> str:
+  """A local file beside ``path`` holding all of ``text``, to link or rename into place whole."""
+  staging = f"{path}.{uuid.uuid4().hex}"
+  with open(staging, "w", encoding="utf-8") as f:
+    f.write(text)
+  return staging
+
+
 def _gcs_blob(path: str):
   from apache_beam.io.gcp import gcsio  # pylint: disable=import-outside-toplevel
   bucket, name = gcsio.parse_gcs_path(path)
@@ -109,9 +122,7 @@ def _create_if_absent(path: str, text: str) -> bool:
   scheme = FileSystems.get_scheme(path)
   if scheme is None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    staging = f"{path}.{uuid.uuid4().hex}"
-    with open(staging, "w", encoding="utf-8") as f:
-      f.write(text)
+    staging = _staged(path, text)
     try:
       os.link(staging, path)  # fails when the lease exists: atomic on every local filesystem
       return True
@@ -187,8 +198,7 @@ def acquire(output: str, token: str, watched: bool = True) -> None:
     if holder.get("token") == token:
       return
     if is_live(holder, now):
-      raise JobError(f"output prefix {output!r} is in use by {describe(holder)}; wait for it to end, or if no "
-                     f"such run is alive, delete {path}")
+      raise _in_use(output, holder, path)
     _remove_stale(path, holder)
   raise JobError(f"could not take the lease {path}: other runs keep taking it")
 
@@ -209,10 +219,7 @@ def renew(output: str, token: str) -> None:
     holder["expires"] = max(holder.get("expires", 0), time.time() + EXPIRY_SECONDS)
     text = json.dumps(holder)
     if FileSystems.get_scheme(path) is None:  # never a half-written lease: write aside, then rename over it
-      staging = f"{path}.{uuid.uuid4().hex}"
-      with open(staging, "w", encoding="utf-8") as f:
-        f.write(text)
-      os.replace(staging, path)
+      os.replace(_staged(path, text), path)
       return
     with FileSystems.create(path, mime_type="application/json", compression_type=CompressionTypes.UNCOMPRESSED) as f:
       f.write(text.encode("utf-8"))  # an object store's upload appears whole on close
@@ -230,8 +237,7 @@ def refuse_if_held(output: str) -> None:
   path = outputs.lease_path(output)
   holder = read(path) if FileSystems.exists(path) else None
   if holder and is_live(holder, time.time()):
-    raise JobError(f"output prefix {output!r} is in use by {describe(holder)}; wait for it to end, or if no "
-                   f"such run is alive, delete {path}")
+    raise _in_use(output, holder, path)
 
 
 @contextlib.contextmanager

@@ -210,10 +210,9 @@ class Snapshot:
     return any(o.kind == "summary" for o in self.published)
 
 
-def refuse_existing(output: str, published) -> None:
+def refuse_existing(output: str, paths: List[str]) -> None:
   """Without --overwrite, an earlier run's files under the prefix stop the job."""
-  if published:
-    paths = [o.path if isinstance(o, Owned) else o for o in published]
+  if paths:
     raise JobError(f"output prefix {output!r} already holds {len(paths)} file(s) of an earlier run "
                    f"(e.g. {paths[0]}); pass --overwrite to replace them")
 

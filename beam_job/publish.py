@@ -76,9 +76,9 @@ def read_text(path: str) -> Optional[str]:
     return None
 
 
-def check_reported(output: str, token: str, reported: Sequence[Tuple[str, int]]) -> None:
-  """Every reported temporary object exists with the size its cell wrote (one listing of the prefix)."""
-  listed = {o.path: o.size for o in outputs.list_owned(output) if o.kind == "temp" and o.token == token}
+def check_reported(snapshot: outputs.Snapshot, token: str, reported: Sequence[Tuple[str, int]]) -> None:
+  """Every reported temporary object exists with the size its cell wrote, in one listing of the prefix."""
+  listed = {o.path: o.size for o in snapshot.temps.get(token, ())}
   for path, size in reported:
     if listed.get(path) != size:
       found = "is missing" if path not in listed else f"has {listed[path]} bytes"
@@ -92,8 +92,8 @@ def make_manifest(output: str, token: str, moves: Sequence[Tuple[str, str, int]]
 
   Checks first that every temporary object exists with the size its cell reported.
   """
-  check_reported(output, token, [(temp, size) for temp, _, size in moves])
   snapshot = outputs.Snapshot.take(output)
+  check_reported(snapshot, token, [(temp, size) for temp, _, size in moves])
   old = [o.path for o in snapshot.published]
   if not overwrite:
     outputs.refuse_existing(output, old)
@@ -173,12 +173,12 @@ def publish(output: str, token: str, build: Callable[[], dict]) -> str:
   return manifest["summary"]
 
 
-def remove_temp(output: str, token: str) -> None:
-  """Deletes run ``token``'s temporary files, then its folder if nothing else is in it (a user's file that
-  happens to sit in a folder of that name is never the job's to delete)."""
+def remove_temp(output: str, token: str, snapshot: Optional[outputs.Snapshot] = None) -> None:
+  """Deletes run ``token``'s temporary files (as ``snapshot`` lists them, else as listed now), then its folder
+  if nothing else is in it (a user's file that happens to sit in a folder of that name is never the job's)."""
   folder = outputs.temp_dir(output, token)
-  files = [o.path for o in outputs.list_owned(output) if o.kind == "temp" and o.token == token]
-  delete([path for path in files if path != folder])
+  snapshot = snapshot or outputs.Snapshot.take(output)
+  delete([o.path for o in snapshot.temps.get(token, ()) if o.path != folder])
   if _local(folder):
     try:
       os.rmdir(folder)
@@ -201,13 +201,13 @@ def recover(output: str, keep: Optional[str] = None) -> List[str]:
   Call only while holding the lease (no other run is live). Returns the tokens of the runs cleaned up.
   """
   snapshot = outputs.Snapshot.take(output)
+  present = {o.path for o in snapshot.published}
   cleaned = []
   for token in sorted(snapshot.temps):
     if token == keep:
       continue
-    present = {o.path for o in snapshot.published}
     delete([path for path in stale_files(snapshot, token) if path in present])
-    remove_temp(output, token)
+    remove_temp(output, token, snapshot)
     cleaned.append(token)
   return cleaned
 
@@ -251,7 +251,7 @@ def abandon(output: str, token: str) -> None:
     if _summary_run(output) != token:
       present = {o.path for o in snapshot.published}
       delete([path for path in stale_files(snapshot, token) if path in present])
-    remove_temp(output, token)
+    remove_temp(output, token, snapshot)
   finally:
     # Even when the cleanup failed (a listing error): the next run on the prefix rolls back what is left (the
     # files a manifest names go before the manifest), while a lease kept here would refuse every run from

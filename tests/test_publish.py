@@ -362,10 +362,10 @@ def test_a_reported_object_of_another_size_or_missing_is_never_published(tmp_pat
   with open(moves[1][0], "wb") as f:  # a zombie attempt's shorter object under the reported name
     f.write(b"tw")
   with pytest.raises(RuntimeError, match=r"temporary shard .*shard-00001-.* has 2 bytes, but its cell reported 3"):
-    publish.check_reported(prefix, "0123456789ab", [(m[0], m[2]) for m in moves])
+    publish.check_reported(outputs.Snapshot.take(prefix), "0123456789ab", [(m[0], m[2]) for m in moves])
   os.remove(moves[1][0])
   with pytest.raises(RuntimeError, match="is missing, but its cell reported 3 bytes"):
-    publish.check_reported(prefix, "0123456789ab", [(m[0], m[2]) for m in moves])
+    publish.check_reported(outputs.Snapshot.take(prefix), "0123456789ab", [(m[0], m[2]) for m in moves])
 
 
 def test_a_failed_cell_attempt_leaves_no_object_and_a_duplicate_is_never_published(tmp_path):
