@@ -69,7 +69,7 @@ _SPECIAL = ((stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file: the job
             (stat.S_ISBLK, "is a block device, not a regular file"))
 
 
-def _problem(path: str, directories: bool = True) -> Optional[str]:
+def file_problem(path: str, directories: bool = True) -> Optional[str]:
   """Why the local ``path`` cannot be read as a file (following links), or None; a missing path is None."""
   try:
     mode = os.stat(path).st_mode
@@ -105,7 +105,7 @@ def _not_files(pattern: str) -> List[Tuple[str, str]]:
     pattern += "*"
   prefix = re.match(r"^[^[*?]*", pattern).group(0)
   if prefix == pattern:
-    problem = _problem(pattern)
+    problem = file_problem(pattern)
     return [(pattern, problem)] if problem else []
   matches = re.compile(FileSystem.translate_pattern(pattern)).match
   # A pattern of only single "*" wildcards matches at one depth; "**", "?" and "[/]" can match "/" too.
@@ -125,7 +125,7 @@ def _not_files(pattern: str) -> List[Tuple[str, str]]:
       if is_dir and (deepest is None or entry.path.count(os.sep) < deepest):
         folders.append(entry.path)
       if matches(entry.path):
-        problem = _problem(entry.path, directories=not (is_dir and recursive))
+        problem = file_problem(entry.path, directories=not (is_dir and recursive))
         if problem:
           bad.append((entry.path, problem))
   return sorted(bad)

@@ -5,6 +5,7 @@ two such PCollections (a PCollection of your own works too: ``source`` is any st
 records, ``index`` their position in it) and writes every pair's merged Example as sharded TFRecords.
 """
 
+import collections
 import dataclasses
 import json
 import logging
@@ -52,7 +53,7 @@ class _ReadFileFn(beam.DoFn):
 
   def process(self, path: str):
     if FileSystems.get_scheme(path) is None:
-      problem = sources._problem(path)  # pylint: disable=protected-access
+      problem = sources.file_problem(path)
       if problem:  # Beam's match may list a FIFO or skip nothing: never block on one or read a folder
         raise JobError(f"input {path} {problem}")
     for record in sources.read_file(path, self._compression):
@@ -318,15 +319,14 @@ class _WriteCellFn(beam.DoFn):
 def _check_results(plan: planning.Plan, results: List[dict], counts: dict, corrupt: int) -> None:
   """Finalize publishes nothing unless every stage's count agrees: read, prepared, planned, corrupt records
   listed, and the records and pairs of every cell."""
-  listed = sum(len(indexes) for side in counts for indexes in plan.bad[SIDES.index(side)].values())
-  if corrupt != listed:
-    raise RuntimeError(f"record accounting: {listed} corrupt record(s) in the plan, {corrupt} reached the "
-                       "dead-letter list; the runner lost or duplicated records")
+  corrupt_planned = {side: sum(len(indexes) for indexes in plan.bad[SIDES.index(side)].values()) for side in counts}
+  if corrupt != sum(corrupt_planned.values()):
+    raise RuntimeError(f"record accounting: {sum(corrupt_planned.values())} corrupt record(s) in the plan, "
+                       f"{corrupt} reached the dead-letter list; the runner lost or duplicated records")
   for side, planned in zip(SIDES, (plan.left_count, plan.right_count)):
     if side not in counts:
       continue
-    bad = sum(len(indexes) for indexes in plan.bad[SIDES.index(side)].values())
-    read, prepared = counts[side]["read"], counts[side]["prepared"]
+    read, prepared, bad = counts[side]["read"], counts[side]["prepared"], corrupt_planned[side]
     if not read == prepared == planned + bad:
       raise RuntimeError(f"record accounting, {side} side: {read} read, {prepared} prepared, {planned} good + "
                          f"{bad} corrupt in the plan; the runner lost or duplicated records")
@@ -397,9 +397,10 @@ class _FinalizeFn(beam.DoFn):
 
 
 def _by_side(counts) -> dict:
-  by_side = {}
+  """``{side: {stage: records}}`` from the per-bundle ``(side, stage, records)`` counts."""
+  by_side = collections.defaultdict(collections.Counter)
   for side, stage, count in counts:
-    by_side.setdefault(side, {})[stage] = by_side.get(side, {}).get(stage, 0) + count
+    by_side[side][stage] += count
   return by_side
 
 
@@ -523,8 +524,8 @@ class _Run(NamedTuple):
   gzip: bool
 
 
-def _new_token(given: Optional[str]) -> str:
-  return given or uuid.uuid4().hex[:12]
+def _new_token(_) -> str:
+  return uuid.uuid4().hex[:12]
 
 
 class CrossProduct(beam.PTransform):
