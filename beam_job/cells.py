@@ -8,7 +8,7 @@ its records and the options.
 import bisect
 from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
-from beam_job import examples, sampling, tfrecord
+from beam_job import examples, planning, sampling, tfrecord
 
 try:  # built by setup.py; without it every cell takes the reference path
   from beam_job import _fastframes
@@ -17,8 +17,6 @@ except ImportError:  # pragma: no cover - exercised only where the compiler was 
 
 Side = Sequence[Tuple[int, examples.Prepared]]
 
-# How far right ordinals must lie past the left one, per self-join mode (product keeps everything).
-_MIN_STEP = {"combinations": 1, "combinations_with_replacement": 0}
 
 
 def _columns(ordinal: int, right_ordinals: List[int], step: Optional[int], sample) -> Iterator[int]:
@@ -43,28 +41,33 @@ def pair_examples(left: Side, right: Side, self_join: Optional[str] = None, coll
   record has a feature of that name, so no output record ever holds a name twice. ``sample`` is
   ``(rate, seed)`` of ``--sample_rate``: only the pairs ``sampling.kept_columns`` names are produced.
   """
-  step = _MIN_STEP.get(self_join)
+  step = planning.MIN_STEP.get(self_join)
   right_ordinals = [ordinal for ordinal, _ in right]
   collide = frozenset(collisions)
-  losers = {}  # (right position or left position, names dropped) -> payload without those entries
+  # Trimmed payloads of the losing side, kept while they can be reused: the current left record's, per set
+  # of names dropped (collision='right'), or the right records' for the current left names ('left').
+  losers, losers_for = {}, None
 
-  def trimmed(side, position, record, names):
+  def trimmed(key, record, names):
     if not names:
       return record.payload
-    key = (side, position, names)
     if key not in losers:
       losers[key] = examples.without(record, names)
     return losers[key]
 
-  for i, (ordinal, left_record) in enumerate(left):
+  for ordinal, left_record in left:
     left_names = collide.intersection(left_record.keys) if collision == "left" else frozenset()
+    if collision == "right" or left_names != losers_for:
+      losers.clear()
+      losers_for = left_names
     for j in _columns(ordinal, right_ordinals, step, sample):
       right_record = right[j][1]
       if collision == "right":
-        left_payload = trimmed(0, i, left_record, collide.intersection(right_record.keys))
+        names = collide.intersection(right_record.keys)
+        left_payload = trimmed(names, left_record, names)
       else:
         left_payload = left_record.payload
-      yield examples.example_bytes(left_payload, trimmed(1, j, right_record, left_names))
+      yield examples.example_bytes(left_payload, trimmed(j, right_record, left_names))
 
 
 def write_reference(left: Side, right: Side, out: BinaryIO, **merge) -> Tuple[int, int]:
@@ -86,48 +89,57 @@ def write_reference(left: Side, right: Side, out: BinaryIO, **merge) -> Tuple[in
   return pairs, written + buffered
 
 
-_BLOCK_BYTES = 8 << 20  # frames built per native call: large enough to amortize the call, small for memory
+BLOCK_BYTES = 8 << 20  # frames built per native call: large enough to amortize the call, small for memory
 
 
 def write_cell(left: Side, right: Side, out: BinaryIO, self_join: Optional[str] = None, collision: str = "error",
                collisions: Sequence[str] = (), sample: Optional[Tuple[float, int]] = None) -> Tuple[int, int]:
   """Writes the cell's frames, byte-identical to ``write_reference``; returns (pairs, bytes).
 
-  The native ``frame_block`` builds the frames of many rows per call. Rows go in blocks that share one list
-  of right payloads: all rows, or with ``collision='left'`` consecutive rows whose winning names are equal.
-  ``collision='right'`` changes the left payload per column, and sampling keeps few scattered pairs: both take
-  the reference path.
+  The native ``frame_block`` builds the frames of many rows per call, about ``BLOCK_BYTES`` at a time: rows go
+  in blocks that share one list of right payloads (all rows, or with ``collision='left'`` consecutive rows
+  whose winning names are equal, with one trimmed copy of the right payloads at a time), and a row longer than
+  a block is cut into column ranges. ``collision='right'`` changes the left payload per column, and sampling
+  keeps few scattered pairs: both take the reference path.
   """
   collide = frozenset(collisions)
   if _fastframes is None or (collision == "right" and collide) or sample is not None:
     return write_reference(left, right, out, self_join=self_join, collision=collision, collisions=collisions,
                            sample=sample)
-  step = _MIN_STEP.get(self_join)
+  step = planning.MIN_STEP.get(self_join)
   right_ordinals = [ordinal for ordinal, _ in right]
-  rights = {frozenset(): [record.payload for _, record in right]}
-  pair_bytes = 24 + (sum(len(r.payload) for _, r in right) / max(1, len(right)))
+  payloads = [record.payload for _, record in right]
+  pair_bytes = 24 + (sum(len(p) for p in payloads) / max(1, len(right)))
   pairs = written = 0
-  block, starts, block_pairs, block_names = [], [], 0, frozenset()
+  block, starts, block_bytes, names_now, rights = [], [], 0.0, frozenset(), payloads
 
-  def flush():
+  def emit(lefts, columns, firsts):
     nonlocal written
-    if block:
-      data = _fastframes.frame_block(block, rights[block_names], starts)
-      out.write(data)
-      written += len(data)
+    data = _fastframes.frame_block(lefts, columns, firsts)
+    out.write(data)
+    written += len(data)
 
   for ordinal, record in left:
     names = collide.intersection(record.keys) if collision == "left" else frozenset()
-    if names not in rights:
-      rights[names] = [examples.without(r, names) for _, r in right]
     start = 0 if step is None else bisect.bisect_left(right_ordinals, ordinal + step)
-    row_pairs = len(right) - start
-    if names != block_names or (block_pairs + row_pairs) * (pair_bytes + len(record.payload)) > _BLOCK_BYTES:
-      flush()
-      block, starts, block_pairs, block_names = [], [], 0, names
+    per_pair = pair_bytes + len(record.payload)
+    row_bytes = (len(right) - start) * per_pair
+    if names != names_now or block_bytes + row_bytes > BLOCK_BYTES:
+      if block:
+        emit(block, rights, starts)
+      block, starts, block_bytes = [], [], 0.0
+      if names != names_now:
+        names_now = names
+        rights = [examples.without(r, names) for _, r in right] if names else payloads
+    pairs += len(right) - start
+    if row_bytes > BLOCK_BYTES:  # one row is more than a block: its columns in ranges
+      width = max(1, int(BLOCK_BYTES // per_pair))
+      for first in range(start, len(right), width):
+        emit([record.payload], rights[first:first + width], [0])
+      continue
     block.append(record.payload)
     starts.append(start)
-    block_pairs += row_pairs
-    pairs += row_pairs
-  flush()
+    block_bytes += row_bytes
+  if block:
+    emit(block, rights, starts)
   return pairs, written

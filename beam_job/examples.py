@@ -8,7 +8,7 @@ concatenation (``example_bytes``). Entries are sorted by name, so bytes are dete
 """
 
 import bisect
-from typing import AbstractSet, NamedTuple, Optional, Tuple
+from typing import AbstractSet, Dict, NamedTuple, Optional, Set, Tuple
 
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -95,20 +95,60 @@ def parse_example(serialized: bytes):
   return example
 
 
-def prepare(serialized: bytes, prefix: str = "", select: Optional[AbstractSet[str]] = None) -> Prepared:
-  """Encodes one record's features as map entries, keeping ``select`` (if given) and renaming with ``prefix``."""
+KINDS = {"int64_list": "INT", "float_list": "FLOAT", "bytes_list": "BYTES"}
+
+
+def prepare(serialized: bytes, prefix: str = "", select: Optional[AbstractSet[str]] = None,
+            types: Optional[Dict[str, Set[str]]] = None) -> Prepared:
+  """Encodes one record's features as map entries, keeping ``select`` (if given) and renaming with ``prefix``.
+
+  ``types``, when given, gains each kept feature's name with the kind of its value list (``KINDS``; none for
+  a feature without one), learned from this one parse for the output's schema.
+  """
   feature_map = parse_example(serialized).features.feature
   keys, ends, entries = [], [], []
   end = 0
   for name in sorted(feature_map):
     if select is not None and name not in select:
       continue
-    entry = encode_entry(prefix + name, feature_map[name].SerializeToString(deterministic=True))
+    feature = feature_map[name]
+    if types is not None:
+      kinds = types.setdefault(prefix + name, set())
+      kind = feature.WhichOneof("kind")
+      if kind is not None:
+        kinds.add(KINDS[kind])
+    entry = encode_entry(prefix + name, feature.SerializeToString(deterministic=True))
     end += len(entry)
     keys.append(prefix + name)
     ends.append(end)
     entries.append(entry)
   return Prepared(tuple(keys), tuple(ends), b"".join(entries))
+
+
+def _varint_at(data: bytes, position: int) -> Tuple[int, int]:
+  value = shift = 0
+  while True:
+    byte = data[position]
+    value |= (byte & 0x7F) << shift
+    position += 1
+    if byte < 0x80:
+      return value, position
+    shift += 7
+
+
+def from_payload(payload: bytes) -> Prepared:
+  """The ``Prepared`` record of a payload that ``prepare`` encoded: its names and entry ends read back from
+  the entries' headers (each entry is ``0x0a len {0x0a len name, 0x12 len Feature}``), without parsing any
+  Feature. Records travel between stages as payload bytes only; names are needed only to merge collisions."""
+  keys, ends = [], []
+  position = 0
+  while position < len(payload):
+    length, start = _varint_at(payload, position + 1)
+    name_length, name_start = _varint_at(payload, start + 1)
+    keys.append(payload[name_start:name_start + name_length].decode("utf-8"))
+    position = start + length
+    ends.append(position)
+  return Prepared(tuple(keys), tuple(ends), payload)
 
 
 def without(record: Prepared, names: AbstractSet[str]) -> bytes:

@@ -5,17 +5,35 @@ of the options, so the same inputs give the same plan, hence the same shards, on
 """
 
 import bisect
+import collections.abc
 import dataclasses
 import functools
 import math
-from typing import Dict, FrozenSet, Optional, Tuple
+from typing import Dict, FrozenSet, Iterator, Optional, Tuple
 
 from beam_job import sampling
 from beam_job.errors import JobError
 
 # ``--strategy auto`` broadcasts the right side when its encoded records take at most this many bytes: every
-# worker then holds a copy, which is cheap up to tens of MB and avoids shuffling the left side per column.
+# worker process then holds one copy, which is cheap up to tens of MB and avoids shuffling the right side.
 BROADCAST_MAX_BYTES = 64 << 20
+# The memory bound of that copy (payloads plus RECORD_MEMORY_BYTES per record): a forced broadcast beyond it
+# is refused.
+BROADCAST_LIMIT_BYTES = 1 << 30
+# The cell budget: a cell holds at most CELL_RECORDS records of each side and, both sides together, at most
+# min(--target_shard_mb, CELL_INPUT_MAX_BYTES) of encoded records (by each side's average record size). Without
+# sampling a cell's records never take more bytes than its pairs, so the shard target alone keeps within it;
+# sampling, broadcast and very uneven sides meet the caps. A cell holds at least one record of each side.
+CELL_RECORDS = 1 << 18
+CELL_INPUT_MAX_BYTES = 256 << 20
+# Python's memory per record held besides its payload (a bytes object, a tuple with its ordinal, list slots),
+# for the estimates; measured in tests/test_planning.py.
+RECORD_MEMORY_BYTES = 160
+# A sampled job has few pairs per cell: it is still cut into at least SAMPLED_SPLITS x SAMPLED_SPLITS cells
+# (broadcast: SAMPLED_SPLITS ** 2 rows) where the sides have that many records, so that the work spreads.
+SAMPLED_SPLITS = 4
+# The writer's blocks of frames (cells.BLOCK_BYTES), for the estimates.
+WRITE_BLOCK_BYTES = 8 << 20
 # Frame (16 bytes) plus the Example header (at most 6 bytes for records under 4 GB).
 PAIR_OVERHEAD_BYTES = 20
 SELF_JOINS = ("product", "combinations", "combinations_with_replacement")
@@ -24,6 +42,8 @@ SELF_JOINS = ("product", "combinations", "combinations_with_replacement")
 MAX_PAIRS = (1 << 63) - 1
 MAX_TARGET_SHARD_MB = 1e6
 SIDES = ("left", "right")
+# How far past the left ordinal a kept right ordinal must lie, per self-join mode (product keeps every pair).
+MIN_STEP = {"combinations": 1, "combinations_with_replacement": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +53,7 @@ class SideStats:
   bad: Dict[str, Tuple[int, ...]]  # source -> sorted indexes of records left out as corrupt
   payload_bytes: int  # encoded feature entries of all good records
   keys: FrozenSet[str]  # every feature name seen (after renaming)
+  types: Dict[str, FrozenSet[str]] = dataclasses.field(default_factory=dict)  # name -> kinds of its values
 
   @property
   def count(self) -> int:
@@ -98,9 +119,9 @@ def cell_pairs(rows: Tuple[int, int], cols: Tuple[int, int], self_join: Optional
   (a, b), (c, d) = rows, cols
   if b <= a or d <= c:
     return 0
-  if self_join not in ("combinations", "combinations_with_replacement"):
+  if self_join not in MIN_STEP:
     return (b - a) * (d - c)
-  k = 1 if self_join == "combinations" else 0  # keep r >= l + k
+  k = MIN_STEP[self_join]  # keep r >= l + k
   full_end = min(b, max(a, c - k + 1))  # rows whose every column is kept
   total = (full_end - a) * (d - c)
   p, q = max(a, c - k + 1), min(b, d - k)  # rows that keep columns l + k .. d - 1
@@ -119,14 +140,18 @@ def total_pairs(left: int, right: int, self_join: Optional[str]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Where every pair goes. A cell is (row chunk, column chunk); each non-empty cell is one shard."""
+  """Where every pair goes. A cell is (row chunk, column chunk); each non-empty cell is one shard.
+
+  The plan is a few numbers (the grid) plus each source's offset and corrupt indexes: the cells are computed
+  from the grid on demand (``cells``, ``row_shards``, ``column_shards``), so its size and the time to
+  deserialize it do not grow with the number of cells.
+  """
   strategy: str
   self_join: Optional[str]
   left_count: int
   right_count: int
   row_chunk: int
   col_chunk: int
-  cells: Tuple[Tuple[int, int, int], ...]  # (row, col, pairs) of the non-empty cells, in shard order
   offsets: Tuple[Dict[str, int], Dict[str, int]]  # per side: source -> ordinal of its first good record
   bad: Tuple[Dict[str, Tuple[int, ...]], Dict[str, Tuple[int, ...]]]
   collisions: Tuple[str, ...]
@@ -134,16 +159,47 @@ class Plan:
   estimated_bytes: int
   sample_rate: float = 1.0
   side_bytes: Tuple[int, int] = (0, 0)  # encoded records of each side
+  collision: str = "error"
   run: Optional[str] = None  # the token of the run that writes this plan (None in a dry run)
+
+  def __getstate__(self):
+    return {k: v for k, v in self.__dict__.items() if k not in ("cells", "_row_starts")}  # caches stay behind
 
   @property
   def shuffle_bytes(self) -> int:
-    """Record bytes moved between stages to build the cells (never the pairs themselves): grid sends each
-    left record to every column of its row and each right record to every row of its column; broadcast
-    groups the left side once and hands the whole right side to each worker as a side input (counted once)."""
+    """Record bytes moved between stages to build the cells (never the pairs themselves): each left record
+    goes to every cell of its row, and each right record to every cell of its column, or, broadcast, to every
+    worker process once as a side input (counted once)."""
     if self.strategy == "broadcast":
-      return self.side_bytes[0] + self.side_bytes[1]
+      return self.side_bytes[0] * self.cols + self.side_bytes[1]
     return self.side_bytes[0] * self.cols + self.side_bytes[1] * self.rows
+
+  @property
+  def averages(self) -> Tuple[float, float]:
+    """Average encoded bytes of a left and of a right record."""
+    return self.side_bytes[0] / max(self.left_count, 1), self.side_bytes[1] / max(self.right_count, 1)
+
+  @property
+  def cell_input_bytes(self) -> int:
+    """Encoded records a cell holds (at most one row chunk and one column chunk, by average sizes)."""
+    rows, cols = min(self.row_chunk, self.left_count), min(self.col_chunk, self.right_count)
+    return int(rows * self.averages[0] + cols * self.averages[1])
+
+  @property
+  def cell_memory_bytes(self) -> int:
+    """Estimated memory of writing one cell: its records as the runner hands them over and as the writer
+    holds them, one trimmed copy of a chunk under ``--collision left|right``, and two blocks of frames."""
+    rows, cols = min(self.row_chunk, self.left_count), min(self.col_chunk, self.right_count)
+    held = held_bytes(rows * self.averages[0], rows) + held_bytes(cols * self.averages[1], cols)
+    copies = 1 if self.strategy == "broadcast" else 2  # broadcast: the column comes from the shared copy
+    trimmed = held_bytes(max(rows * self.averages[0], cols * self.averages[1]), max(rows, cols))
+    return copies * held + (trimmed if self.collision in ("left", "right") and self.collisions else 0) + \
+        2 * WRITE_BLOCK_BYTES
+
+  @property
+  def broadcast_memory_bytes(self) -> int:
+    """The right side's copy each worker process holds when broadcast (0 for the grid)."""
+    return held_bytes(self.side_bytes[1], self.right_count) if self.strategy == "broadcast" else 0
 
   @property
   def rows(self) -> int:
@@ -170,10 +226,80 @@ class Plan:
   def chunk(self, side: int, ordinal: int) -> int:
     return ordinal // (self.row_chunk if side == 0 else self.col_chunk)
 
+  def members(self, row: int, col: int) -> Tuple[range, range]:
+    """The ordinals of the left and right records of cell (row, col)."""
+    return (range(row * self.row_chunk, min(self.left_count, (row + 1) * self.row_chunk)),
+            range(col * self.col_chunk, min(self.right_count, (col + 1) * self.col_chunk)))
+
+  def first_col(self, row: int) -> int:
+    """The first column of ``row`` that has pairs (``cols`` when none has): a self-join keeps, for each left
+    ordinal l, the right ordinals from l + step on, so a row's non-empty cells are a suffix of its columns."""
+    step = MIN_STEP.get(self.self_join)
+    if step is None:
+      return 0
+    first = row * self.row_chunk + step  # the smallest right ordinal the row keeps
+    return first // self.col_chunk if first < self.right_count else self.cols
+
   @functools.cached_property
-  def cell_shards(self) -> Dict[Tuple[int, int], int]:
-    """Cell (row, col) -> shard number, for the cells that have pairs."""
-    return {(row, col): shard for shard, (row, col, _) in enumerate(self.cells)}
+  def _row_starts(self) -> Tuple[int, ...]:
+    """Shard number of each row's first cell, and the cell count last (self-joins only: O(rows))."""
+    starts, total = [], 0
+    for row in range(self.rows):
+      starts.append(total)
+      total += self.cols - self.first_col(row)
+    starts.append(total)
+    return tuple(starts)
+
+  def row_start(self, row: int) -> int:
+    return row * self.cols if self.self_join not in MIN_STEP else self._row_starts[row]
+
+  def row_shards(self, row: int) -> range:
+    """The shards of the cells of ``row`` (where each left record of the row goes)."""
+    start = self.row_start(row)
+    return range(start, start + self.cols - self.first_col(row))
+
+  def column_shards(self, col: int) -> Iterator[int]:
+    """The shards of the cells of column ``col`` (where each right record of the column goes)."""
+    for row in range(self.rows):
+      first = self.first_col(row)
+      if first > col:
+        return  # first_col grows with the row
+      yield self.row_start(row) + col - first
+
+  @functools.cached_property
+  def cells(self) -> "Cells":
+    return Cells(self)
+
+
+class Cells(collections.abc.Sequence):
+  """The plan's non-empty cells in shard order, as ``(row, col, pairs)``, computed from the grid."""
+
+  def __init__(self, plan: Plan):
+    self._plan = plan
+    rows = plan.rows
+    self._count = plan.row_start(rows) if plan.self_join in MIN_STEP else rows * plan.cols
+
+  def __len__(self) -> int:
+    return self._count
+
+  def __getitem__(self, shard):
+    if isinstance(shard, slice):
+      return [self[i] for i in range(*shard.indices(self._count))]
+    if not 0 <= shard < self._count:
+      raise IndexError(shard)
+    plan = self._plan
+    if plan.self_join in MIN_STEP:
+      row = bisect.bisect_right(plan._row_starts, shard) - 1  # pylint: disable=protected-access
+    else:
+      row = shard // plan.cols
+    col = plan.first_col(row) + shard - plan.row_start(row)
+    rows, cols = plan.members(row, col)
+    return row, col, cell_pairs((rows.start, rows.stop), (cols.start, cols.stop), plan.self_join)
+
+
+def held_bytes(payload_bytes: float, records: int) -> int:
+  """Estimated memory of ``records`` records held by a worker."""
+  return int(payload_bytes + records * RECORD_MEMORY_BYTES)
 
 
 def _offsets(good: Dict[str, int]) -> Dict[str, int]:
@@ -200,18 +326,34 @@ def check_collisions(left_keys: FrozenSet[str], right_keys: FrozenSet[str], coll
   return collisions
 
 
-def _chunks(left: int, right: int, pairs_per_cell: int, strategy: str, square: bool) -> Tuple[int, int]:
+def _chunks(left: int, right: int, pairs_per_cell: int, strategy: str, square: bool,
+            record_bytes: Tuple[float, float], budget: int, sampled: bool) -> Tuple[int, int]:
+  """Records per row chunk and per column chunk: about ``pairs_per_cell`` pairs per cell, then within the
+  cell budget (``CELL_RECORDS`` per side, ``budget`` bytes of records in all)."""
   left, right = max(left, 1), max(right, 1)
   if strategy == "broadcast":
-    return min(left, max(1, pairs_per_cell // right)), right
-  side = max(1, math.isqrt(pairs_per_cell))
-  if square:
-    side = min(side, left)
-    return side, side
-  row = min(left, side)
-  col = min(right, max(1, pairs_per_cell // row))
-  if col == right:
+    col = min(right, CELL_RECORDS, pairs_per_cell)  # a row of the whole right side, cut when too long
     row = min(left, max(1, pairs_per_cell // col))
+  else:
+    side = max(1, math.isqrt(pairs_per_cell))
+    row = min(left, side)
+    col = min(right, max(1, pairs_per_cell // row))
+    if col == right:
+      row = min(left, max(1, pairs_per_cell // col))
+    if square:
+      row = col = min(side, left)
+  if sampled:  # few pairs per cell: split anyway, so that the work spreads over workers
+    if strategy == "broadcast":
+      row = min(row, -(-left // SAMPLED_SPLITS ** 2))
+    else:
+      row, col = min(row, -(-left // SAMPLED_SPLITS)), min(col, -(-right // SAMPLED_SPLITS))
+  row, col = min(row, CELL_RECORDS), min(col, CELL_RECORDS)
+  held = row * record_bytes[0] + col * record_bytes[1]
+  if held > budget:
+    scale = budget / held
+    row, col = max(1, int(row * scale)), max(1, int(col * scale))
+  if square:
+    row = col = min(row, col)
   return row, col
 
 
@@ -248,21 +390,22 @@ def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Op
                    f"--max_pairs {max_pairs:,}; raise --max_pairs to allow it")
   index_keys = [frozenset([name]) if name else frozenset() for name in index_names]
   collisions = check_collisions(left.keys | index_keys[0], right.keys | index_keys[1], collision, prefixes)
+  broadcast_bytes = held_bytes(right.payload_bytes, m)
   if strategy == "auto":
-    strategy = "broadcast" if right.payload_bytes <= BROADCAST_MAX_BYTES else "grid"
-  pair_bytes = (left.payload_bytes / max(n, 1)) + (right.payload_bytes / max(m, 1)) + PAIR_OVERHEAD_BYTES
+    broadcast = right.payload_bytes <= BROADCAST_MAX_BYTES and broadcast_bytes <= BROADCAST_LIMIT_BYTES
+    strategy = "broadcast" if broadcast else "grid"
+  elif strategy == "broadcast" and broadcast_bytes > BROADCAST_LIMIT_BYTES:
+    raise JobError(f"--strategy broadcast would hold the whole right side ({m:,} records, about "
+                   f"{broadcast_bytes / 1e6:,.0f} MB in memory) in every worker process, more than the "
+                   f"{BROADCAST_LIMIT_BYTES / 1e6:,.0f} MB bound; use --strategy grid")
+  averages = (left.payload_bytes / max(n, 1), right.payload_bytes / max(m, 1))
+  pair_bytes = sum(averages) + PAIR_OVERHEAD_BYTES
   pairs_per_cell = max(1, int(target_shard_bytes / pair_bytes / max(sample_rate, sampling.MIN_RATE)))
-  square = self_join in ("combinations", "combinations_with_replacement") and strategy == "grid"
-  row_chunk, col_chunk = _chunks(n, m, pairs_per_cell, strategy, square)
-  cells = []
-  for row in range(-(-n // row_chunk)):
-    rows = (row * row_chunk, min(n, (row + 1) * row_chunk))
-    for col in range(-(-m // col_chunk)):
-      count = cell_pairs(rows, (col * col_chunk, min(m, (col + 1) * col_chunk)), self_join)
-      if count:
-        cells.append((row, col, count))
+  square = self_join in MIN_STEP and strategy == "grid"
+  budget = min(target_shard_bytes, CELL_INPUT_MAX_BYTES)
+  row_chunk, col_chunk = _chunks(n, m, pairs_per_cell, strategy, square, averages, budget, sample_rate < 1)
   return Plan(strategy=strategy, self_join=self_join, left_count=n, right_count=m, row_chunk=row_chunk,
-              col_chunk=col_chunk, cells=tuple(cells), offsets=(_offsets(left.good), _offsets(right.good)),
+              col_chunk=col_chunk, offsets=(_offsets(left.good), _offsets(right.good)),
               bad=(dict(left.bad), dict(right.bad)), collisions=collisions, pairs=pairs,
               estimated_bytes=int(pairs * pair_bytes), sample_rate=sample_rate,
-              side_bytes=(left.payload_bytes, right.payload_bytes))
+              side_bytes=(left.payload_bytes, right.payload_bytes), collision=collision)

@@ -16,8 +16,9 @@ from typing import List, NamedTuple, Optional, Tuple
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.pvalue import AsList, AsSingleton
+from apache_beam.pvalue import AsIter, AsList, AsSingleton
 from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils import shared
 
 from beam_job import (cells, describe, examples, lease, output_schema, outputs, planning, publish, running_modes,
                       sampling, sinks, sources)
@@ -90,9 +91,55 @@ class ReadExamples(beam.PTransform):
             | "ReadFrames" >> beam.ParDo(_ReadFileFn(self._compression, self._on_corrupt)))
 
 
+class _Tally:
+  """What a bundle (or several, merged) learned about one side: good records and payload bytes per source,
+  corrupt indexes, feature names with the kinds of their values, and each source's exact indexes
+  (``planning.IndexRuns``), which must be 0, 1, 2, ... as ordinals need."""
+
+  def __init__(self):
+    self.good = collections.Counter()
+    self.bad = {}
+    self.size = 0
+    self.types = {}
+    self.indexes = {}
+
+  def add(self, source: str, index: int, prepared: Optional[examples.Prepared]) -> None:
+    if prepared is None:
+      self.bad.setdefault(source, []).append(index)
+    else:
+      self.good[source] += 1
+      self.size += len(prepared.payload)
+    runs = self.indexes.get(source)
+    if runs is None:
+      runs = self.indexes[source] = planning.IndexRuns()
+    runs.add(index)
+
+  def merge(self, other: "_Tally") -> None:
+    self.good.update(other.good)
+    for source, found in other.bad.items():
+      self.bad.setdefault(source, []).extend(found)
+    self.size += other.size
+    for name, kinds in other.types.items():
+      self.types.setdefault(name, set()).update(kinds)
+    for source, runs in other.indexes.items():
+      self.indexes.setdefault(source, planning.IndexRuns()).merge(runs)
+
+  def stats(self) -> planning.SideStats:
+    for source, runs in self.indexes.items():
+      problem = runs.problem()
+      if problem:
+        raise JobError(f"the records of source {source!r} are not numbered 0, 1, 2, ... without gaps or repeats "
+                       f"({problem}): the runner lost or repeated records, or the indexes of a PCollection "
+                       "given to CrossProduct are not positions")
+    return planning.SideStats(good=dict(self.good), bad={s: tuple(sorted(i)) for s, i in self.bad.items()},
+                              payload_bytes=self.size, keys=frozenset(self.types),
+                              types={name: frozenset(kinds) for name, kinds in self.types.items()})
+
+
 class _PrepareFn(beam.DoFn):
-  """Parses, filters and renames each record once; bad payloads go to the ``corrupt`` output. Each bundle also
-  reports how many records it received (``counts``), which Finalize holds against every later stage."""
+  """Parses, filters and renames each record once, into ``(source, index, payload)``; bad payloads go to the
+  ``corrupt`` output. What the plan and the schema need is tallied in the same pass and leaves once per bundle
+  (``stats``), so records travel on as bytes only."""
 
   def __init__(self, side: int, prefix: str, on_corrupt: str, select=None, count: bool = True):
     self._side = side
@@ -104,27 +151,27 @@ class _PrepareFn(beam.DoFn):
     self._corrupt = beam.metrics.Metrics.counter(NAMESPACE, "corrupt_records")
 
   def start_bundle(self):
-    self._received = 0
+    self._tally = _Tally()
 
   def finish_bundle(self):
-    yield beam.pvalue.TaggedOutput("counts", GlobalWindows.windowed_value(
-        (SIDES[self._side], "prepared", self._received)))
+    yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value(self._tally))
 
   def process(self, element):
-    self._received += 1
     source, index, payload = element
     if not isinstance(payload, Corrupt):
       try:
-        prepared = examples.prepare(payload, self._prefix, self._select)
+        prepared = examples.prepare(payload, self._prefix, self._select, self._tally.types)
       except ValueError as e:
         payload = Corrupt(-1, str(e))
         if self._on_corrupt == "fail":
           raise JobError(f"corrupt input {_describe(source, index, payload)} (--on_corrupt skip leaves it out)")
       else:
+        self._tally.add(source, index, prepared)
         if self._count:
           self._records.inc()
-        yield source, index, prepared
+        yield source, index, prepared.payload
         return
+    self._tally.add(source, index, None)
     if self._count:
       self._corrupt.inc()
     yield beam.pvalue.TaggedOutput("corrupt", (source, index, payload))
@@ -149,128 +196,87 @@ class _CountFn(beam.DoFn):
 
 
 class _SideStatsFn(beam.CombineFn):
-  """Counts good records per source, collects corrupt indexes, payload bytes and feature names, and the exact
-  set of each source's indexes (``planning.IndexRuns``), which must be 0, 1, 2, ... as ordinals need."""
+  """Merges the per-bundle tallies of one side into its ``SideStats``."""
 
   def create_accumulator(self):
-    return {}, {}, 0, set(), {}
+    return _Tally()
 
-  def add_input(self, acc, element):
-    good, bad, size, keys, indexes = acc
-    source, index, record = element
-    if isinstance(record, Corrupt):
-      bad.setdefault(source, []).append(index)
-    else:
-      good[source] = good.get(source, 0) + 1
-      size += len(record.payload)
-      keys.update(record.keys)
-    runs = indexes.get(source)
-    if runs is None:
-      runs = indexes[source] = planning.IndexRuns()
-    runs.add(index)
-    return good, bad, size, keys, indexes
+  def add_input(self, acc, tally):
+    acc.merge(tally)
+    return acc
 
   def merge_accumulators(self, accumulators):
-    good, bad, size, keys, indexes = self.create_accumulator()
-    for g, b, s, k, i in accumulators:
-      for source, n in g.items():
-        good[source] = good.get(source, 0) + n
-      for source, found in b.items():
-        bad.setdefault(source, []).extend(found)
-      for source, runs in i.items():
-        indexes.setdefault(source, planning.IndexRuns()).merge(runs)
-      size += s
-      keys |= k
-    return good, bad, size, keys, indexes
+    merged = _Tally()
+    for acc in accumulators:
+      merged.merge(acc)
+    return merged
 
   def extract_output(self, acc):
-    good, bad, size, keys, indexes = acc
-    for source, runs in indexes.items():
-      problem = runs.problem()
-      if problem:
-        raise JobError(f"the records of source {source!r} are not numbered 0, 1, 2, ... without gaps or repeats "
-                       f"({problem}): the runner lost or repeated records, or the indexes of a PCollection "
-                       "given to CrossProduct are not positions")
-    return planning.SideStats(good=dict(good), bad={s: tuple(sorted(i)) for s, i in bad.items()},
-                              payload_bytes=size, keys=frozenset(keys))
+    return acc.stats()
 
 
-class _FeatureTypesFn(beam.DoFn):
-  """Feature name -> types seen (INT, FLOAT, BYTES), by tfx-bsl's Example decoder over a batch of records."""
-
-  _ARROW = {"int64": "INT", "float": "FLOAT", "large_binary": "BYTES", "binary": "BYTES"}
-
-  def setup(self):
-    from tfx_bsl.coders import example_coder  # pylint: disable=import-outside-toplevel
-    self._decoder = example_coder.ExamplesToRecordBatchDecoder()
-
-  def _types(self, records):
-    types = {}
-    for field in self._decoder.DecodeBatch(records).schema:
-      value_type = getattr(field.type, "value_type", None)  # a null column: the feature never had values
-      if value_type is not None:
-        types.setdefault(field.name, set()).add(self._ARROW.get(str(value_type), str(value_type)))
-    return types
-
-  def process(self, payloads):
-    records = [examples.example_bytes(p, b"") for p in payloads]
-    try:
-      yield self._types(records)
-    except RuntimeError:  # a feature with different types in one batch: the decoder refuses the batch
-      yield _merge_types(self._types([record]) for record in records)
+# Records between stages: ``(shard, (ordinal * 2 + side, payload))``, integers and bytes with Beam's
+# deterministic coders (VarInt, Bytes) instead of pickled tuples.
+Routed = Tuple[int, Tuple[int, bytes]]
 
 
-def _merge_types(dicts):
-  merged = {}
-  for types in dicts:
-    for name, kinds in types.items():
-      merged.setdefault(name, set()).update(kinds)
-  return merged
+def _ordinal(plan: planning.Plan, side: int, source: str, index: int) -> int:
+  ordinal = plan.ordinal(side, source, index)
+  count = plan.left_count if side == 0 else plan.right_count
+  if not 0 <= ordinal < count:
+    raise RuntimeError(f"record accounting, {SIDES[side]} side: {source} record {index} has ordinal {ordinal}, the "
+                       f"plan has {count} record(s); the runner lost or duplicated records before planning")
+  return ordinal
 
 
 def _to_cells(element, side: int, plan: planning.Plan, index_name: Optional[str]):
   """Sends a record to every cell of its row (left) or column (right) that has pairs."""
   if side == 1 and plan.strategy == "broadcast":
     return
-  source, index, record = element
-  ordinal = plan.ordinal(side, source, index)
+  source, index, payload = element
+  ordinal = _ordinal(plan, side, source, index)
   if index_name:
-    record = examples.with_int64(record, index_name, ordinal)
+    payload = examples.with_int64(examples.from_payload(payload), index_name, ordinal).payload
   chunk = plan.chunk(side, ordinal)
-  shards = plan.cell_shards
-  others = plan.cols if side == 0 else plan.rows
-  for other in range(others):
-    cell = (chunk, other) if side == 0 else (other, chunk)
-    if cell in shards:
-      yield cell, (side, ordinal, record)
+  value = (ordinal * 2 + side, payload)
+  for shard in (plan.row_shards(chunk) if side == 0 else plan.column_shards(chunk)):
+    yield shard, value
 
 
 def _broadcast_side(element, plan: planning.Plan, index_name: Optional[str]):
   if plan.strategy == "broadcast":
-    source, index, record = element
-    ordinal = plan.ordinal(1, source, index)
-    yield ordinal, (examples.with_int64(record, index_name, ordinal) if index_name else record)
+    source, index, payload = element
+    ordinal = _ordinal(plan, 1, source, index)
+    if index_name:
+      payload = examples.with_int64(examples.from_payload(payload), index_name, ordinal).payload
+    yield ordinal, payload
 
 
-def _expected_members(plan: planning.Plan, cell) -> Tuple[range, range]:
-  """The ordinals of the left and right records a cell must receive: its row's, and its column's (all of the
-  right side when broadcast)."""
-  row, col = cell
-  left = range(row * plan.row_chunk, min(plan.left_count, (row + 1) * plan.row_chunk))
-  if plan.strategy == "broadcast":
-    return left, range(plan.right_count)
-  return left, range(col * plan.col_chunk, min(plan.right_count, (col + 1) * plan.col_chunk))
-
-
-def _check_members(cell, side: str, ordinals: List[int], expected: range) -> None:
+def _check_members(where: str, side: str, ordinals: List[int], expected: range) -> None:
   """A cell holds each record of its row (column) exactly once: any runner loss or duplicate fails it here."""
   if len(ordinals) == len(expected) and (not ordinals or (ordinals[0] == expected.start and
                                                           ordinals[-1] == expected.stop - 1 and
                                                           len(set(ordinals)) == len(ordinals))):
     return
-  raise RuntimeError(f"record accounting: cell {cell} received {len(ordinals)} {side} record(s) (distinct "
+  raise RuntimeError(f"record accounting: {where} received {len(ordinals)} {side} record(s) (distinct "
                      f"{len(set(ordinals))}), the plan routes {len(expected)} to it (ordinals {expected.start}.."
                      f"{expected.stop - 1}); the runner lost or duplicated records between routing and the cell")
+
+
+def _records(members, with_keys: bool) -> List[Tuple[int, examples.Prepared]]:
+  """``(ordinal, Prepared)`` sorted by ordinal; names are read back from the payload only when needed."""
+  members.sort(key=lambda member: member[0])
+  if with_keys:
+    return [(ordinal, examples.from_payload(payload)) for ordinal, payload in members]
+  return [(ordinal, examples.Prepared((), (), payload)) for ordinal, payload in members]
+
+
+class _BroadcastSide:
+  """The broadcast right side, sorted by ordinal, one copy per worker process (``shared.Shared``)."""
+
+  def __init__(self, elements, right_count: int, with_keys: bool):
+    self.records = _records(list(elements), with_keys)
+    _check_members("the broadcast side", "right", [o for o, _ in self.records], range(right_count))
 
 
 class _WriteCellFn(beam.DoFn):
@@ -280,34 +286,40 @@ class _WriteCellFn(beam.DoFn):
     self._options = options
     self._self_join = self_join
     self._fail_cell = fail_cell  # test hook: a cell (row, col) that raises half-way through
-    self._broadcast_from, self._broadcast = None, None
+    self._shared = shared.Shared()  # the broadcast side, built once per worker process
     self._renewed = 0.0
     self._pairs = beam.metrics.Metrics.counter(NAMESPACE, "pairs_written")
     self._bytes = beam.metrics.Metrics.counter(NAMESPACE, "bytes_written")
 
   def process(self, element, plan: planning.Plan, broadcast):
-    cell, members = element
+    shard, members = element
     options, token = self._options, plan.run
     if time.time() - self._renewed > lease.RENEW_SECONDS:
       lease.renew(options.output, token)
       self._renewed = time.time()
-    left = sorted(((ordinal, record) for side, ordinal, record in members if side == 0), key=lambda m: m[0])
+    row, col, _ = plan.cells[shard]
+    expected = plan.members(row, col)
+    with_keys = options.collision in ("left", "right") and bool(plan.collisions)
+    sides = ([], [])
+    for key, payload in members:
+      sides[key & 1].append((key >> 1, payload))
+    left = _records(sides[0], with_keys)
     if plan.strategy == "broadcast":
-      if self._broadcast_from is not broadcast:  # the runner hands the same side input to a bundle's cells
-        self._broadcast_from, self._broadcast = broadcast, sorted(broadcast, key=lambda m: m[0])
-      right = self._broadcast
+      whole = self._shared.acquire(lambda: _BroadcastSide(broadcast, plan.right_count, with_keys), tag=token)
+      right = whole.records[expected[1].start:expected[1].stop]
+      if sides[1]:
+        raise RuntimeError(f"record accounting: cell {(row, col)} received right records although the right "
+                           "side is broadcast")
     else:
-      right = sorted(((ordinal, record) for side, ordinal, record in members if side == 1), key=lambda m: m[0])
-    expected = _expected_members(plan, cell)
-    _check_members(cell, "left", [o for o, _ in left], expected[0])
-    _check_members(cell, "right", [o for o, _ in right], expected[1])
-    shard = plan.cell_shards[cell]
+      right = _records(sides[1], with_keys)
+    _check_members(f"cell {(row, col)}", "left", [o for o, _ in left], expected[0])
+    _check_members(f"cell {(row, col)}", "right", [o for o, _ in right], expected[1])
     path = sinks.attempt_path(outputs.temp_dir(options.output, token), shard, plan.shard_count)
     sample = (options.sample_rate, options.seed) if options.sample_rate < 1 else None
     with sinks.open_shard(path, options.output_compression) as out:
-      if self._fail_cell == cell:
+      if self._fail_cell == (row, col):
         out.write(b"partial")
-        raise RuntimeError(f"injected failure in cell {cell}")
+        raise RuntimeError(f"injected failure in cell {(row, col)}")
       pairs, size = cells.write_cell(left, right, out, self_join=self._self_join, collision=options.collision,
                                      collisions=plan.collisions, sample=sample)
     self._pairs.inc(pairs)
@@ -317,8 +329,8 @@ class _WriteCellFn(beam.DoFn):
 
 
 def _check_results(plan: planning.Plan, results: List[dict], counts: dict, corrupt: int) -> None:
-  """Finalize publishes nothing unless every stage's count agrees: read, prepared, planned, corrupt records
-  listed, and the records and pairs of every cell."""
+  """Finalize publishes nothing unless every stage's count agrees: records read, good and corrupt records in
+  the plan, corrupt records listed, and the records and pairs of every cell."""
   corrupt_planned = {side: sum(len(indexes) for indexes in plan.bad[SIDES.index(side)].values()) for side in counts}
   if corrupt != sum(corrupt_planned.values()):
     raise RuntimeError(f"record accounting: {sum(corrupt_planned.values())} corrupt record(s) in the plan, "
@@ -326,16 +338,16 @@ def _check_results(plan: planning.Plan, results: List[dict], counts: dict, corru
   for side, planned in zip(SIDES, (plan.left_count, plan.right_count)):
     if side not in counts:
       continue
-    read, prepared, bad = counts[side]["read"], counts[side]["prepared"], corrupt_planned[side]
-    if not read == prepared == planned + bad:
-      raise RuntimeError(f"record accounting, {side} side: {read} read, {prepared} prepared, {planned} good + "
-                         f"{bad} corrupt in the plan; the runner lost or duplicated records")
+    read, bad = counts[side]["read"], corrupt_planned[side]
+    if read != planned + bad:
+      raise RuntimeError(f"record accounting, {side} side: {read} read, {planned} good + {bad} corrupt in the "
+                         "plan; the runner lost or duplicated records")
   shards = [r["shard"] for r in results]
   if shards != list(range(len(plan.cells))):
     raise RuntimeError(f"record accounting: the plan has {len(plan.cells)} cells, {len(results)} reported "
                        f"(shards {shards[:10]}{' ...' if len(shards) > 10 else ''})")
   for result, (row, col, pairs) in zip(results, plan.cells):
-    expected = _expected_members(plan, (row, col))
+    expected = plan.members(row, col)
     if (result["left"], result["right"]) != (len(expected[0]), len(expected[1])):
       raise RuntimeError(f"record accounting: cell {(row, col)} reported {result['left']} x {result['right']} "
                          f"records, the plan routes {len(expected[0])} x {len(expected[1])}")
@@ -351,7 +363,7 @@ class _FinalizeFn(beam.DoFn):
     self._options = options
     self._self_join = self_join
 
-  def process(self, plan: planning.Plan, results, corrupt, types, counts):
+  def process(self, plan: planning.Plan, results, corrupt, counts, left_stats, right_stats):
     options, output, token = self._options, self._options.output, plan.run
     results = sorted(results, key=lambda r: r["shard"])
     corrupt = list(corrupt)
@@ -384,6 +396,8 @@ class _FinalizeFn(beam.DoFn):
         "options": options.summary(self._self_join),
         "schema": outputs.schema_path(output),
     }
+    types = [(side, {name: kinds for name, kinds in stats.types.items() if kinds})  # valued features only
+             for side, stats in enumerate((left_stats, right_stats))]
     schema = output_schema.merged_types(types, options.collision, options.index_names())
     texts = {outputs.schema_path(output): output_schema.to_pbtxt(schema)}
     if corrupt:  # the dead-letter list, one JSON object per line, published before the summary announces it
@@ -482,7 +496,7 @@ class PairOptions:
 
 
 class _PrepareSide(beam.PTransform):
-  """Parses each record once into its encoded entries; gathers the side's stats and feature types."""
+  """Parses each record once into its encoded entries and gathers the side's stats (``planning.SideStats``)."""
 
   def __init__(self, side: int, options: PairOptions, count: bool):
     super().__init__()
@@ -491,17 +505,10 @@ class _PrepareSide(beam.PTransform):
   def expand(self, records):
     side, options = self._side, self._options
     prepared = records | "Parse" >> beam.ParDo(_PrepareFn(
-        side, options.prefixes[side], options.on_corrupt, options.selects[side], self._count)).with_outputs(
-            "corrupt", "counts", main="records")
-    stats = ((prepared.records, prepared.corrupt) | "Both" >> beam.Flatten()
-             | "Stats" >> beam.CombineGlobally(_SideStatsFn()))
-    types = (prepared.records
-             | "Payloads" >> beam.Map(lambda element: element[2].payload)
-             | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
-             | "Decode" >> beam.ParDo(_FeatureTypesFn())
-             | "Types" >> beam.CombineGlobally(_merge_types)
-             | "TagSide" >> beam.Map(lambda types, side: (side, types), side))
-    return prepared.records, prepared.corrupt, stats, types, prepared.counts
+        side, options.prefixes[side], options.on_corrupt, options.selects[side], self._count)).with_output_types(
+            Tuple[str, int, bytes]).with_outputs("corrupt", "stats", main="records")
+    stats = prepared.stats | "Stats" >> beam.CombineGlobally(_SideStatsFn())
+    return prepared.records, prepared.corrupt, stats
 
 
 def _plan(left_stats, right_stats, options: dict, run: Optional["_Run"] = None, token: Optional[str] = None):
@@ -558,32 +565,34 @@ class CrossProduct(beam.PTransform):
     if right is not None and options.self_join != "product":
       raise JobError("--self_join applies only when --right is omitted")
     self_join = options.self_join if right is None else None
-    sides = [left | "PrepareLeft" >> _PrepareSide(0, options, True),
-             (left if right is None else right) | "PrepareRight" >> _PrepareSide(1, options, right is not None)]
+    left_side = left | "PrepareLeft" >> _PrepareSide(0, options, True)
+    if right is None and options.prefixes[0] == options.prefixes[1] and options.selects[0] == options.selects[1]:
+      right_side = left_side  # a self-join whose sides are prepared alike: prepare once
+    else:
+      right_side = (left if right is None else right) | "PrepareRight" >> _PrepareSide(1, options, right is not None)
+    sides = (left_side, right_side)
     if self._dry_run:
-      return (sides[0][2] | "Plan" >> beam.Map(_plan, AsSingleton(sides[1][2]), options.plan_options(self_join))
+      return (left_side[2] | "Plan" >> beam.Map(_plan, AsSingleton(right_side[2]), options.plan_options(self_join))
               | "Describe" >> beam.Map(describe.plan_description, options))
     # The run's token names its lease and temporary folder. Chosen when the pipeline runs (unless the CLI, which
     # is itself one run, passes its own), in a stage of its own: a retried Plan sees the token it began with.
     token = self._token or AsSingleton(left.pipeline | "RunToken" >> beam.Create([None])
                                        | "ChooseToken" >> beam.Map(_new_token))
     run = _Run(options.output, options.overwrite, options.output_compression == "gzip")
-    plan = sides[0][2] | "Plan" >> beam.Map(_plan, AsSingleton(sides[1][2]), options.plan_options(self_join), run,
-                                            token)
+    plan = left_side[2] | "Plan" >> beam.Map(_plan, AsSingleton(right_side[2]), options.plan_options(self_join),
+                                             run, token)
     index_names = options.index_names()
-    results = ([side[0] | f"To{SIDES[i].title()}Cells" >> beam.FlatMap(
-                   _to_cells, i, AsSingleton(plan), index_names[i]) for i, side in enumerate(sides)]
-               | "FlattenCells" >> beam.Flatten()
+    routed = [side[0] | f"To{SIDES[i].title()}Cells" >> beam.FlatMap(
+        _to_cells, i, AsSingleton(plan), index_names[i]).with_output_types(Routed) for i, side in enumerate(sides)]
+    broadcast = right_side[0] | "Broadcast" >> beam.FlatMap(
+        _broadcast_side, AsSingleton(plan), index_names[1]).with_output_types(Tuple[int, bytes])
+    results = (routed | "FlattenCells" >> beam.Flatten()
                | "GroupCells" >> beam.GroupByKey()
-               | "WriteCells" >> beam.ParDo(
-                   _WriteCellFn(options, self_join, self._fail_cell), AsSingleton(plan),
-                   AsList(sides[1][0] | "Broadcast" >> beam.FlatMap(
-                       _broadcast_side, AsSingleton(plan), index_names[1]))))
-    corrupt = [sides[0][1]] + ([sides[1][1]] if right is not None else []) | "AllCorrupt" >> beam.Flatten()
-    types = [side[3] for side in sides] | "AllTypes" >> beam.Flatten()
-    counted = [(left, sides[0], "left")] + ([(right, sides[1], "right")] if right is not None else [])
+               | "WriteCells" >> beam.ParDo(_WriteCellFn(options, self_join, self._fail_cell), AsSingleton(plan),
+                                            AsIter(broadcast)))
+    corrupt = [left_side[1]] + ([right_side[1]] if right is not None else []) | "AllCorrupt" >> beam.Flatten()
+    counted = [(left, "left")] + ([(right, "right")] if right is not None else [])
     counts = ([records | f"Count{side.title()}Read" >> beam.ParDo(_CountFn(side, "read"))
-               for records, _, side in counted] + [prepared[4] for _, prepared, _ in counted]
-              | "AllCounts" >> beam.Flatten())
+               for records, side in counted] | "AllCounts" >> beam.Flatten())
     return plan | "Finalize" >> beam.ParDo(_FinalizeFn(options, self_join), AsList(results), AsList(corrupt),
-                                           AsList(types), AsList(counts))
+                                           AsList(counts), AsSingleton(left_side[2]), AsSingleton(right_side[2]))

@@ -43,21 +43,22 @@ def test_a_record_lost_between_reading_and_preparing_fails_naming_the_stage(smal
   last = lambda element: element[1] == 5 and element[0].endswith("left.tfrecord")  # noqa: E731
   monkeypatch.setattr(transforms._PrepareFn, "process", _dropping(transforms._PrepareFn.process, last))
   _fails_unpublished(small, tmp_path / "out" / "p",
-                     r"record accounting, left side: 6 read, 5 prepared, 5 good \+ 0 corrupt in the plan")
+                     r"record accounting, left side: 6 read, 5 good \+ 0 corrupt in the plan")
 
 
 def test_a_record_lost_before_the_side_stats_fails_naming_the_stage(small, tmp_path, monkeypatch):
-  add = transforms._SideStatsFn.add_input
+  add = transforms._Tally.add
 
-  def losing(self, acc, element):
-    return acc if element[0].endswith("right.tfrecord") and element[1] == 3 else add(self, acc, element)
+  def losing(self, source, index, prepared):
+    if not (source.endswith("right.tfrecord") and index == 3):
+      add(self, source, index, prepared)
 
-  monkeypatch.setattr(transforms._SideStatsFn, "add_input", losing)
-  _fails_unpublished(small + ["--strategy", "grid"], tmp_path / "out" / "p",
-                     r"record accounting, right side: 4 read, 4 prepared, 3 good \+ 0 corrupt in the plan")
-  # Broadcast: caught where it first shows, in a cell that gets the whole right side, 4 where the plan has 3.
-  _fails_unpublished(small + ["--strategy", "broadcast"], tmp_path / "out2" / "p",
-                     r"record accounting: cell \(0, 0\) received 4 right record\(s\) \(distinct 4\), the plan routes 3")
+  monkeypatch.setattr(transforms._Tally, "add", losing)
+  # Caught where it first shows: the record the plan does not know is routed.
+  for strategy in ("grid", "broadcast"):
+    _fails_unpublished(small + ["--strategy", strategy], tmp_path / strategy / "p",
+                       r"record accounting, right side: \S+right.tfrecord record 3 has ordinal 3, the plan has 3 "
+                       r"record\(s\); the runner lost or duplicated records before planning")
 
 
 @pytest.mark.parametrize("flags", [["--strategy", "grid", "--target_shard_mb", "0.0004"],

@@ -241,12 +241,12 @@ def test_write_cell_equals_write_reference(left, right, self_join, collision, bl
   lp, rp = prepared_side(left, prefixes[0]), prepared_side(right, prefixes[1])
   collisions = sorted(set().union(*[p.keys for _, p in lp]) & set().union(*[p.keys for _, p in rp]))
   merge = dict(self_join=self_join, collision=collision, collisions=collisions)
-  original = cells._BLOCK_BYTES
-  cells._BLOCK_BYTES = block_bytes  # small blocks: many native calls per cell
+  original = cells.BLOCK_BYTES
+  cells.BLOCK_BYTES = block_bytes  # small blocks: many native calls per cell
   try:
     fast = _write(cells.write_cell, lp, rp, **merge)
   finally:
-    cells._BLOCK_BYTES = original
+    cells.BLOCK_BYTES = original
   reference = _write(write_reference, lp, rp, **merge)
   assert fast == reference
   assert reference[0][1] == len(reference[1])

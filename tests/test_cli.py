@@ -258,9 +258,14 @@ def test_product_both_strategies_equal_nested_loop_and_repeat_byte_identically(d
     assert _actual(shards) == expected
     assert len(read_tfrecords(shards)) == 24
   assert runs["grid1"]["grid"]["rows"] > 1 and runs["grid1"]["grid"]["cols"] > 1
-  assert runs["broadcast1"]["grid"]["cols"] == 1 and runs["broadcast1"]["grid"]["rows"] > 1
-  # Broadcast cells are row chunks holding every column, so the shards in order are the nested loop's order.
-  assert _read_in_order(runs["broadcast1"]["shards"]) == _nested_loop(data["left"], data["right"])
+  # A row of the broadcast side longer than a shard is cut into column ranges too.
+  assert runs["broadcast1"]["grid"]["cols"] > 1 and runs["broadcast1"]["grid"]["rows"] > 1
+  # With rows that fit a shard, broadcast cells are row chunks holding every column: the nested loop's order.
+  prefix = str(tmp_path / "rows" / "pairs")
+  rows = _run("--left", data["left_arg"], "--right", data["right_arg"], "--output", prefix, "--strategy", "broadcast",
+              "--target_shard_mb", "0.002")
+  assert rows["grid"]["cols"] == 1 and rows["grid"]["rows"] > 1
+  assert _read_in_order(rows["shards"]) == _nested_loop(data["left"], data["right"])
   assert _shard_bytes(runs["broadcast1"]) == _shard_bytes(runs["broadcast2"])
   assert _shard_bytes(runs["grid1"]) == _shard_bytes(runs["grid2"])
 

@@ -94,20 +94,25 @@ def test_cells_cover_every_pair_once(n, m, self_join, strategy, target, left_byt
   # Cells are in row-major order and each has pairs.
   assert [(row, col) for row, col, _ in p.cells] == sorted(expected)
   assert all(count > 0 for _, _, count in p.cells)
-  assert p.cell_shards == {(row, col): i for i, (row, col, _) in enumerate(p.cells)}
+  # Routing finds each cell's shard from its row and from its column, and nothing else.
+  by_row = {(row, col): shard for row in range(p.rows) for col, shard in
+            zip(range(p.first_col(row), p.cols), p.row_shards(row))}
+  by_col = {}
+  for col in range(p.cols):
+    for shard in p.column_shards(col):
+      by_col[(p.cells[shard][0], col)] = shard
+  assert by_row == by_col == {(row, col): i for i, (row, col, _) in enumerate(p.cells)}
+  assert pickle.loads(pickle.dumps(p)).cells[:] == p.cells[:]
   assert p.shard_count == max(1, len(p.cells))
   assert p.row_chunk >= 1 and p.col_chunk >= 1
   if n:
     assert p.rows == -(-n // p.row_chunk)
     assert max(row for row, _, _ in p.cells or [(0, 0, 0)]) < p.rows
-  if strategy == "broadcast":
-    assert p.col_chunk == max(m, 1)  # one column: the whole right side on every worker
-  else:
-    pair_bytes = left_bytes / max(n, 1) + right_bytes / max(m, 1) + planning.PAIR_OVERHEAD_BYTES
-    per_cell = max(1, int(target // pair_bytes))
-    assert all(count <= per_cell for _, _, count in p.cells)
-    if self_join in ("combinations", "combinations_with_replacement"):
-      assert p.row_chunk == p.col_chunk
+  pair_bytes = left_bytes / max(n, 1) + right_bytes / max(m, 1) + planning.PAIR_OVERHEAD_BYTES
+  per_cell = max(1, int(target // pair_bytes))
+  assert all(count <= per_cell for _, _, count in p.cells)
+  if self_join in ("combinations", "combinations_with_replacement") and strategy == "grid":
+    assert p.row_chunk == p.col_chunk
 
 
 def test_many_cells_when_shards_are_small():
@@ -135,7 +140,7 @@ def test_auto_strategy_picks_by_right_size():
 def test_empty_sides_give_no_cells():
   for n, m in ((0, 0), (0, 5), (5, 0)):
     p = plan(stats(n), stats(m))
-    assert p.cells == () and p.pairs == 0 and p.shard_count == 1
+    assert list(p.cells) == [] and p.pairs == 0 and p.shard_count == 1
 
 
 # --- make_plan: refusals -----------------------------------------------------------------------------------
