@@ -41,7 +41,7 @@ _OUTPUTS = {
 @pytest.fixture(scope="module")
 def written(inputs, tmp_path_factory):
   folders = {}
-  for name, flags in _OUTPUTS.items():
+  for name in _OUTPUTS:
     folder = tmp_path_factory.mktemp(name)
     cli.run(_flags(inputs, folder / "pairs", name))
     folders[name] = folder
