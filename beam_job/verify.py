@@ -3,16 +3,21 @@
 It reads both inputs in this process (no Beam), rebuilds the plan the job made, and then, for every shard the
 plan names: the shard exists, its frames and CRCs are valid, it holds as many records as its cell has pairs,
 and (for outputs of at most ``--full_check_max`` pairs, else for ``--sample_shards`` shards picked by
-``--verify_seed``) its records are byte for byte the merged pairs, computed by the plain-Python reference
-writer. Exit 0 when all hold; otherwise 1, naming the shard and what is wrong. Memory: both inputs, prepared.
-"""
+``--verify_seed``) its records are byte for byte the merged pairs. Exit 0 when all hold; otherwise 1, naming
+the shard and what is wrong.
+
+Every shard is streamed: a compared shard is read block by block beside the frames ``cells.write_cell``
+writes for its cell (byte-identical to the plain-Python reference writer, which tests assert), and only a
+shard that differs is read again frame by frame beside the reference's pairs, to name the first wrong record.
+Memory: both inputs, prepared, and a block or two; nothing that grows with the output."""
 
 import contextlib
 import gzip
 import json
 import random
 import sys
-from typing import List, Optional, Tuple
+import zlib
+from typing import BinaryIO, Iterator, List, Optional, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -57,19 +62,107 @@ def _ordered(records, plan: planning.Plan, side: int, index_name: Optional[str])
   return sorted(out, key=lambda m: m[0])
 
 
-def _frames(path: str, compression: str) -> List[bytes]:
+def _cells(plan: planning.Plan) -> List[Tuple[int, int, int]]:
+  """(row, col, pairs) of every non-empty cell, in shard order: the one place verify reads the plan's cells."""
+  return list(plan.cells)
+
+
+def _columns(plan: planning.Plan, right: list, col: int) -> list:
+  """The right records of column ``col`` (all of them when broadcast): the one place a cell's right side is
+  cut from the whole."""
+  if plan.strategy == "broadcast":
+    return right
+  return right[col * plan.col_chunk:(col + 1) * plan.col_chunk]
+
+
+# Raised by a gzip stream whose bytes are damaged: a cut-off member, a bad CRC or length, bad deflate data.
+_GZIP_BROKEN = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+@contextlib.contextmanager
+def _open(path: str, compression: str) -> Iterator[BinaryIO]:
   with contextlib.ExitStack() as stack:
     raw = stack.enter_context(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
-    stream = stack.enter_context(gzip.GzipFile(fileobj=raw)) if compression == "gzip" else raw
-    payloads = []
+    yield stack.enter_context(gzip.GzipFile(fileobj=raw)) if compression == "gzip" else raw
+
+
+def _count(path: str, compression: str) -> int:
+  """The shard's records, read one frame at a time; a bad frame or a broken gzip stream is a VerifyError."""
+  count = 0
+  with _open(path, compression) as stream:
     try:
       for record in tfrecord.read_frames(stream):
         if record.payload is None:
           raise VerifyError(f"{path}: record {record.index} (byte {record.offset}): {record.problem}")
-        payloads.append(record.payload)
-    except (EOFError, gzip.BadGzipFile) as e:
-      raise VerifyError(f"{path}: the gzip stream is broken after record {len(payloads)}: {e}") from None
-    return payloads
+        count += 1
+    except _GZIP_BROKEN as e:
+      raise VerifyError(f"{path}: the gzip stream is broken after record {count}: {e}") from None
+  return count
+
+
+class _Comparing:
+  """A sink for ``cells.write_cell`` that compares each block written with as many next bytes of a shard.
+
+  It holds one block at a time, so a shard is checked in the memory of a block. After the first difference
+  (or a damaged stream) it stops reading and only counts, so the writer still returns the cell's pairs.
+  """
+
+  def __init__(self, stream: BinaryIO):
+    self._stream = stream
+    self.same = True
+
+  def _read(self, size: int) -> bytes:
+    data = self._stream.read(size)
+    if len(data) == size or not data:
+      return data
+    pieces, got = [data], len(data)
+    while got < size:
+      piece = self._stream.read(size - got)
+      if not piece:
+        break
+      pieces.append(piece)
+      got += len(piece)
+    return b"".join(pieces)
+
+  def write(self, data) -> None:
+    if self.same and data:
+      try:
+        self.same = self._read(len(data)) == data
+      except _GZIP_BROKEN:
+        self.same = False
+
+  def ended(self) -> bool:
+    """True when the bytes so far were all equal and the shard has nothing more (its gzip trailer checked)."""
+    if self.same:
+      try:
+        self.same = not self._stream.read(1)
+      except _GZIP_BROKEN:
+        self.same = False
+    return self.same
+
+
+def _compare(path: str, compression: str, rows: list, cols: list, merge: dict) -> int:
+  """Checks that the shard is byte for byte the cell's frames; returns its records.
+
+  The expected frames come from ``cells.write_cell``, byte-identical to the reference writer (tests assert
+  it), straight into a comparing sink: neither the shard nor the expected cell is ever held whole. Only when
+  they differ is the shard read again, frame by frame beside the reference's pairs, to say what is wrong.
+  """
+  with _open(path, compression) as stream:
+    sink = _Comparing(stream)
+    pairs, _ = cells.write_cell(rows, cols, sink, **merge)
+    if sink.ended():
+      return pairs
+  count = _count(path, compression)
+  if count != pairs:
+    raise VerifyError(f"{path} holds {count:,} records, expected {pairs:,} (records dropped or duplicated)")
+  with _open(path, compression) as stream:
+    expected = cells.pair_examples(rows, cols, **merge)
+    for k, (record, want) in enumerate(zip(tfrecord.read_frames(stream), expected)):
+      if record.payload != want:
+        raise VerifyError(f"{path}: record {k} is not the expected merged pair")
+  raise RuntimeError(f"{path}: every record is the reference's merged pair, but the bytes differ from "
+                     "cells.write_cell: the native frame writer disagrees with the reference")
 
 
 def verify(argv: Optional[List[str]] = None) -> str:
@@ -102,34 +195,28 @@ def verify(argv: Optional[List[str]] = None) -> str:
     raise VerifyError(f"missing summary {outputs.summary_path(args.output)}: the run did not finish")
   sampled = plan.sample_rate < 1
   full = plan.pairs <= args.full_check_max
-  compare = set(range(len(plan.cells))) if full else set(
-      random.Random(args.verify_seed).sample(range(len(plan.cells)), min(args.sample_shards, len(plan.cells))))
+  plan_cells = _cells(plan)
+  compare = set(range(len(plan_cells))) if full else set(
+      random.Random(args.verify_seed).sample(range(len(plan_cells)), min(args.sample_shards, len(plan_cells))))
   merge = {"self_join": self_join, "collision": args.collision, "collisions": plan.collisions,
            "sample": (plan.sample_rate, args.seed) if sampled else None}
   total = 0
-  for shard, (row, col, pairs) in enumerate(plan.cells):
-    records = _frames(names[shard], args.output_compression)
-    total += len(records)
+  for shard, (row, col, pairs) in enumerate(plan_cells):
     if shard not in compare and not sampled:
-      if len(records) != pairs:
-        raise VerifyError(f"{names[shard]} holds {len(records):,} records, expected {pairs:,}")
-      continue
-    rows = left[row * plan.row_chunk:(row + 1) * plan.row_chunk]
-    cols = right if plan.strategy == "broadcast" else right[col * plan.col_chunk:(col + 1) * plan.col_chunk]
-    expected = list(cells.pair_examples(rows, cols, **merge))
-    if len(records) != len(expected):
-      raise VerifyError(f"{names[shard]} holds {len(records):,} records, expected {len(expected):,} "
-                        "(records dropped or duplicated)")
-    for k, (got, want) in enumerate(zip(records, expected)):
-      if got != want:
-        raise VerifyError(f"{names[shard]}: record {k} is not the expected merged pair")
-  if not plan.cells and _frames(names[0], args.output_compression):
+      count = _count(names[shard], args.output_compression)
+      if count != pairs:
+        raise VerifyError(f"{names[shard]} holds {count:,} records, expected {pairs:,}")
+    else:
+      rows = left[row * plan.row_chunk:(row + 1) * plan.row_chunk]
+      count = _compare(names[shard], args.output_compression, rows, _columns(plan, right, col), merge)
+    total += count
+  if not plan_cells and _count(names[0], args.output_compression):
     raise VerifyError(f"{names[0]} should be empty: the job has no pairs")
   with FileSystems.open(outputs.summary_path(args.output)) as f:
     summary = json.loads(f.read())
   if summary.get("pairs") != total:
     raise VerifyError(f"the summary says {summary.get('pairs')} pairs, the shards hold {total}")
-  how = "every record compared" if full or sampled else f"{len(compare)} of {len(plan.cells)} shards compared"
+  how = "every record compared" if full or sampled else f"{len(compare)} of {len(plan_cells)} shards compared"
   return f"verified {total:,} pairs in {len(names)} shard(s) under {args.output}: {how}"
 
 
