@@ -17,7 +17,7 @@ import json
 import random
 import sys
 import zlib
-from typing import BinaryIO, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -62,16 +62,14 @@ def _ordered(records, plan: planning.Plan, side: int, index_name: Optional[str])
   return sorted(out, key=lambda m: m[0])
 
 
-def _cells(plan: planning.Plan) -> List[Tuple[int, int, int]]:
+def _cells(plan: planning.Plan) -> Sequence[Tuple[int, int, int]]:
   """(row, col, pairs) of every non-empty cell, in shard order: the one place verify reads the plan's cells."""
-  return list(plan.cells)
+  return plan.cells
 
 
 def _columns(plan: planning.Plan, right: list, col: int) -> list:
-  """The right records of column ``col`` (all of them when broadcast): the one place a cell's right side is
-  cut from the whole."""
-  if plan.strategy == "broadcast":
-    return right
+  """The right records of column ``col`` (broadcast cells cover a column range too): the one place a cell's
+  right side is cut from the whole."""
   return right[col * plan.col_chunk:(col + 1) * plan.col_chunk]
 
 
