@@ -289,3 +289,64 @@ def test_write_cell_read_by_tensorflow(tmp_path):
   records = read_tfrecords(path)
   assert [to_dict(r)["a"] for r in records] == [("int64_list", (i,)) for i in range(3) for _ in range(2)]
   assert all(sorted(raw_keys(r)) == ["a", "x", "y"] for r in records)
+
+
+# --- the writer's memory: blocks of frames and copies of the losing side are bounded --------------------------
+
+
+def _recording_frame_block(monkeypatch):
+  sizes = []
+  native = cells._fastframes.frame_block
+
+  def recording(lefts, rights, starts):
+    data = native(lefts, rights, starts)
+    sizes.append(len(data))
+    return data
+
+  monkeypatch.setattr(cells._fastframes, "frame_block", recording)
+  return sizes
+
+
+@pytest.mark.skipif(cells._fastframes is None, reason="native module not built")
+@pytest.mark.parametrize("self_join", [None, "combinations"])
+def test_write_cell_cuts_a_row_longer_than_a_block_into_column_ranges(monkeypatch, self_join):
+  left = prepared_side([make_example({"a": [i]}) for i in range(3)], "l_")
+  right = prepared_side([make_example({"b": [j] * 10}) for j in range(500)], "r_")
+  if self_join:
+    left = prepared_side([make_example({"a": [i]}) for i in range(500)], "l_")[:3]
+  expected = _write(write_reference, left, right, self_join=self_join)
+  frame = len(tfrecord.frame(examples.example_bytes(left[0][1].payload, right[0][1].payload)))
+  monkeypatch.setattr(cells, "BLOCK_BYTES", 40 * frame)  # a row of 500 pairs is about 12 blocks
+  sizes = _recording_frame_block(monkeypatch)
+  assert _write(cells.write_cell, left, right, self_join=self_join) == expected
+  assert len(sizes) >= 3 * 12 and max(sizes) <= cells.BLOCK_BYTES
+
+
+def _peak_bytes(fn):
+  import tracemalloc  # pylint: disable=import-outside-toplevel
+  tracemalloc.start()
+  try:
+    fn()
+    return tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+
+
+class _Null:
+  def write(self, data):
+    return len(data)
+
+
+@pytest.mark.parametrize("writer, buffered", [(cells.write_cell, 2 * (64 << 10)), (write_reference, 2 * (4 << 20))],
+                         ids=["write_cell", "write_reference"])
+def test_collision_left_holds_one_trimmed_copy_of_the_right_chunk(monkeypatch, writer, buffered):
+  # 40 left rows, each winning a different set of the right side's 20 shared names: the right chunk (300
+  # records of ~2.4 KB, 0.7 MB) is trimmed 40 ways. Holding every trimmed copy would take ~28 MB.
+  names = [f"n{k:02d}" for k in range(20)]
+  right = prepared_side([make_example({name: [b"x" * 100] for name in names} | {"r": [j]}) for j in range(300)])
+  left = prepared_side([make_example({names[k % 20]: [k], names[(k * 7 + 1) % 20]: [k], "l": [k]})
+                        for k in range(40)])
+  right_bytes = sum(len(r.payload) for _, r in right)
+  monkeypatch.setattr(cells, "BLOCK_BYTES", 64 << 10)
+  peak = _peak_bytes(lambda: writer(left, right, _Null(), collision="left", collisions=names))
+  assert peak < 3 * right_bytes + buffered + (1 << 20)  # the writer's own buffer of frames counts too

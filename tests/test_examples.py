@@ -380,3 +380,34 @@ def test_unknown_field_inside_a_feature_is_kept():
   serialized = _ld(0x0A, _ld(0x0A, _ld(0x0A, b"a") + _ld(0x12, feature)))
   assert prepare(serialized).payload == _ld(0x0A, _ld(0x0A, b"a") + _ld(0x12, feature))
   assert to_dict(example_bytes(prepare(serialized).payload, b"")) == {"a": ("int64_list", (5,))}
+
+
+# --- what the one parse learns: names and kinds for the schema, and names read back from a payload -----------
+
+
+def _tfx_bsl_types(serialized: bytes) -> dict:
+  """Feature name -> kind, as tfx-bsl's Example decoder (TFX's own reader) types the record's columns."""
+  from tfx_bsl.coders import example_coder  # pylint: disable=import-outside-toplevel
+  arrow = {"int64": "INT", "float": "FLOAT", "large_binary": "BYTES", "binary": "BYTES"}
+  schema = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch([serialized]).schema
+  return {field.name: {arrow[str(field.type.value_type)]} for field in schema
+          if getattr(field.type, "value_type", None) is not None}  # a null column: no value list
+
+
+@settings(max_examples=200, deadline=None)
+@given(tf_examples(names=st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=12)),
+       st.sampled_from(["", "left_"]))
+def test_prepare_types_are_what_tfx_bsl_decodes(example, prefix):
+  # (tfx-bsl cuts a name at its first NUL character; the job keeps the whole name.)
+  types = {}
+  prepared = examples.prepare(serialize(example), prefix, None, types)
+  assert set(types) == set(prepared.keys)
+  assert {name: kinds for name, kinds in types.items() if kinds} == _tfx_bsl_types(
+      examples.example_bytes(prepared.payload, b""))
+
+
+@settings(max_examples=200, deadline=None)
+@given(tf_examples(), st.sampled_from(["", "r/", "é"]))
+def test_from_payload_reads_back_names_and_entry_ends(example, prefix):
+  prepared = examples.prepare(serialize(example), prefix)
+  assert examples.from_payload(prepared.payload) == prepared

@@ -5,6 +5,7 @@ DirectRunner, which in Beam 2.77 first tries to download Prism.
 """
 
 import collections
+import itertools
 import json
 import os
 import struct
@@ -334,3 +335,74 @@ def test_the_run_token_is_chosen_when_the_pipeline_runs_not_when_it_is_built(tmp
   assert sorted(os.listdir(tmp_path / "out")) == ["pairs-00000-of-00001.tfrecord", "pairs-schema.pbtxt",
                                                   "pairs-summary.json"]
   assert sum(len(payloads) for payloads in files.values()) == 6
+
+
+# --- scale: one broadcast copy per process, compact shuffles, one preparation per self-join -------------------
+
+
+def test_broadcast_side_is_built_once_per_process_and_cut_into_column_ranges(tmp_path, monkeypatch):
+  built = []
+  original = transforms._BroadcastSide.__init__
+
+  def counting(self, *args):
+    built.append(1)
+    original(self, *args)
+
+  monkeypatch.setattr(transforms._BroadcastSide, "__init__", counting)
+  output = str(tmp_path / "pairs")
+  with _pipeline() as p:
+    _ = ((p | "Left" >> beam.Create(LEFT), p | "Right" >> beam.Create(RIGHT))
+         | CrossProduct(output, strategy="broadcast", target_shard_mb=TINY))
+  summary = _summary_file(output, {"pairs": 15, "strategy": "broadcast"})
+  assert summary["grid"]["cols"] > 1 and summary["grid"]["cells"] > 5  # a row of 3 pairs is more than a shard
+  assert _read(summary) == _nested_loop(LEFT, RIGHT)
+  assert built == [1]
+
+
+def _coder(pipeline, transform_suffix, output_tag=None):
+  """The coder (as URN names, nested) of a transform's output in the pipeline proto the runner receives."""
+  proto = pipeline.to_runner_api()
+  components = proto.components
+
+  def show(coder_id):
+    coder = components.coders[coder_id]
+    name = coder.spec.urn.split(":")[-2]
+    inner = ",".join(show(c) for c in coder.component_coder_ids)
+    return f"{name}({inner})" if inner else name
+
+  (transform,) = [t for t in components.transforms.values() if t.unique_name.endswith(transform_suffix)]
+  outputs = dict(transform.outputs)
+  return show(components.pcollections[outputs[output_tag] if output_tag else next(iter(outputs.values()))].coder_id)
+
+
+def test_records_cross_stages_with_deterministic_compact_coders(tmp_path):
+  p = _pipeline()
+  _ = ((p | "Left" >> beam.Create(LEFT), p | "Right" >> beam.Create(RIGHT))
+       | CrossProduct(str(tmp_path / "pairs")))
+  # Prepared records: (source, index, payload); routed to cells: (shard, (ordinal * 2 + side, payload)).
+  assert _coder(p, "PrepareLeft/Parse", "None") == "tuple(string_utf8,varint,bytes)"
+  assert _coder(p, "ToLeftCells") == "kv(varint,kv(varint,bytes))"
+  assert _coder(p, "ToRightCells") == "kv(varint,kv(varint,bytes))"
+  assert _coder(p, "Broadcast") == "kv(varint,bytes)"
+
+
+@pytest.mark.parametrize("options, prepared", [({"collision": "left"}, 1), ({"collision": "prefix"}, 2)])
+def test_a_self_join_is_prepared_once_when_both_sides_are_prepared_alike(tmp_path, options, prepared):
+  output = str(tmp_path / "pairs")
+  p = _pipeline()
+  _ = p | beam.Create(LEFT) | CrossProduct(output, self_join="combinations", **options)
+  names = [t.unique_name for t in p.to_runner_api().components.transforms.values()]
+  assert len([n for n in names if n.endswith("/Parse")]) == prepared
+  p.run().wait_until_finish()
+  summary = _summary_file(output, {"pairs": 10})
+  if prepared == 2:
+    assert _read(summary) == _nested_loop(LEFT, self_join="combinations", left_prefix="left_", right_prefix="right_")
+  else:  # the left record's value wins every shared name; the right one's other features join it
+    ordered = [parse(payload) for payload in _in_order(LEFT)]
+    expected = collections.Counter()
+    for i, j in itertools.combinations(range(len(ordered)), 2):
+      merged = tf.train.Example()
+      merged.MergeFrom(ordered[j])
+      merged.MergeFrom(ordered[i])
+      expected[merged.features.SerializeToString(deterministic=True)] += 1
+    assert _read(summary) == expected
