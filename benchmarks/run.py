@@ -87,6 +87,8 @@ def bench(size: int, workdir: str, skip, check_max: int):
     out = os.path.join(folder, "naive", "pairs")
     rows["naive Beam (AsList + FlatMap)"] = timed(
         [python, os.path.join(HERE, "naive_beam.py"), left, right, out], env) + (output_bytes(out + "*"),)
+  rows["trivial two-input Beam pipeline"] = timed(
+      [python, os.path.join(HERE, "trivial_beam.py"), left, right], env) + (0,)
   out = os.path.join(folder, "job", "pairs")
   rows["this job (python -m beam_job)"] = timed(
       [python, "-m", "beam_job", "--left", left, "--right", right, "--output", out, "--collision", "prefix"],
@@ -100,13 +102,15 @@ def bench(size: int, workdir: str, skip, check_max: int):
   print(f"\n{size} x {size} = {pairs:,} pairs, {job_bytes / 1e6:,.0f} MB")
   print(f"{'contender':36} {'wall s':>8} {'pairs/s':>12} {'MB/s':>8} {'peak RSS MB':>12}")
   for name, (wall, rss, nbytes) in rows.items():
-    rate = f"{pairs / wall:12,.0f}" if not name.startswith("raw") else f"{'':12}"
+    rate = f"{pairs / wall:12,.0f}" if not name.startswith(("raw", "trivial")) else f"{'':12}"
     print(f"{name:36} {wall:8.2f} {rate} {nbytes / 1e6 / wall:8.0f} {rss / 1e6:12.0f}")
   job_wall = rows["this job (python -m beam_job)"][0]
   for name, (wall, _, _) in rows.items():
-    if not name.startswith("this job") and not name.startswith("raw"):
+    if not name.startswith(("this job", "raw", "trivial")):
       print(f"this job is {wall / job_wall:.1f}x faster than {name}")
-  print(f"raw write time / job time = {rows['raw write (dd from memory)'][0] / job_wall:.2f}")
+  raw_wall, trivial_wall = rows["raw write (dd from memory)"][0], rows["trivial two-input Beam pipeline"][0]
+  print(f"raw write time / job time = {raw_wall / job_wall:.2f}")
+  print(f"the job's own fixed cost (job - trivial Beam pipeline - raw write) = {job_wall - trivial_wall - raw_wall:.2f} s")
   if "nested" not in skip and pairs <= check_max:
     same = canonical([os.path.join(folder, "nested.tfrecord")]) == canonical(
         sorted(glob.glob(out + "-*.tfrecord")))
