@@ -28,6 +28,10 @@ def plan_description(plan: planning.Plan, options) -> dict:
       "collision_policy": options.collision,
       "collisions": collisions,
       "renaming": renaming,
+      "cell_records": [min(plan.row_chunk, plan.left_count), min(plan.col_chunk, plan.right_count)],
+      "cell_input_bytes": plan.cell_input_bytes,
+      "worker_memory_bytes": plan.cell_memory_bytes + plan.broadcast_memory_bytes,
+      "sampled_split": plan.sample_rate < 1,
       "corrupt_records": sum(len(v) for side in (plan.bad[:1] if plan.self_join else plan.bad)
                              for v in side.values()),
   }
@@ -47,6 +51,11 @@ def to_text(description: dict) -> str:
       "moved between stages)",
       f"cell grid:      {grid['rows']} x {grid['cols']} chunks of {grid['row_chunk']:,} x {grid['col_chunk']:,} "
       f"records, {grid['cells']} non-empty cell(s)",
+      f"per cell:       at most {description['cell_records'][0]:,} + {description['cell_records'][1]:,} records, "
+      f"~{description['cell_input_bytes'] / 1e6:,.1f} MB of them; ~{description['worker_memory_bytes'] / 1e6:,.0f} MB "
+      "estimated per worker process for the job's data" + (
+          " (sampled: a cell holds at most a quarter of each side, so that the work spreads over workers)"
+          if description["sampled_split"] else ""),
       f"collisions:     {description['collisions']} (--collision {description['collision_policy']})",
       f"features:       {description['renaming']}",
       f"corrupt:        {description['corrupt_records']} record(s) left out",

@@ -29,8 +29,8 @@ CELL_INPUT_MAX_BYTES = 256 << 20
 # Python's memory per record held besides its payload (a bytes object, a tuple with its ordinal, list slots),
 # for the estimates; measured in tests/test_planning.py.
 RECORD_MEMORY_BYTES = 160
-# A sampled job has few pairs per cell: it is still cut into at least SAMPLED_SPLITS x SAMPLED_SPLITS cells
-# (broadcast: SAMPLED_SPLITS ** 2 rows) where the sides have that many records, so that the work spreads.
+# A sampled job has few pairs per cell: a cell still holds at most 1 / SAMPLED_SPLITS of each side (broadcast:
+# 1 / SAMPLED_SPLITS ** 2 of the left side), so that the work spreads over workers.
 SAMPLED_SPLITS = 4
 # The writer's blocks of frames (cells.BLOCK_BYTES), for the estimates.
 WRITE_BLOCK_BYTES = 8 << 20

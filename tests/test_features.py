@@ -3,6 +3,7 @@
 
 import glob
 import json
+import re
 import os
 
 import pytest
@@ -54,7 +55,17 @@ def test_dry_run_prints_the_plan_and_writes_nothing(inputs, tmp_path, capsys):
   assert "strategy:       grid" in text
   assert "the left side's value wins: id" in text
   assert "non-empty cell(s)" in text and "pairs-00000-of-" in text
+  assert re.search(r"per cell: +at most \d+ \+ \d+ records, ~[\d.]+ MB of them; ~\d+ MB estimated per worker", text)
+  assert "sampled" not in text
   assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_of_a_sampled_job_says_its_cells_are_split(inputs, tmp_path, capsys):
+  assert cli.main(_job(inputs, tmp_path / "pairs", "--collision", "left", "--dry_run", "--strategy", "grid",
+                       "--sample_rate", "0.5")) == 0
+  text = capsys.readouterr().out
+  assert "cell grid:      4 x 3 chunks of 2 x 2 records, 12 non-empty cell(s)" in text
+  assert "(sampled: a cell holds at most a quarter of each side, so that the work spreads over workers)" in text
 
 
 def test_index_features_trace_every_record_to_its_sources(inputs, tmp_path):
