@@ -343,10 +343,11 @@ def _chunks(left: int, right: int, pairs_per_cell: int, strategy: str, square: b
     if square:
       row = col = min(side, left)
   if sampled:  # few pairs per cell: split anyway, so that the work spreads over workers
+    # Chunks of floor(n / k) records make at least k of them (ceil(n / k) makes only 3 of 9 records, k = 4).
     if strategy == "broadcast":
-      row = min(row, -(-left // SAMPLED_SPLITS ** 2))
+      row = min(row, max(1, left // SAMPLED_SPLITS ** 2))
     else:
-      row, col = min(row, -(-left // SAMPLED_SPLITS)), min(col, -(-right // SAMPLED_SPLITS))
+      row, col = min(row, max(1, left // SAMPLED_SPLITS)), min(col, max(1, right // SAMPLED_SPLITS))
   row, col = min(row, CELL_RECORDS), min(col, CELL_RECORDS)
   held = row * record_bytes[0] + col * record_bytes[1]
   if held > budget:

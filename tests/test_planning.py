@@ -260,3 +260,18 @@ def test_index_runs_are_exact_in_any_order_and_any_split(parts, problem):
     merged.merge(pickle.loads(pickle.dumps(runs)))
   assert merged.problem() == problem
   assert len(merged.runs) <= 2
+
+
+# --- sampled jobs are split at least SAMPLED_SPLITS ways per side ------------------------------------------
+
+
+@pytest.mark.parametrize("n, m, strategy, rows, cols", [
+    (9, 9, "grid", 5, 5), (5, 1000, "grid", 5, 4), (6, 6, "grid", 6, 6), (3, 2, "grid", 3, 2),
+    (100, 100, "broadcast", 17, 1), (20, 5, "broadcast", 20, 1), (17, 5, "broadcast", 17, 1),
+])
+def test_sampled_jobs_split_every_side_that_has_the_records(n, m, strategy, rows, cols):
+  # Chunks of ceil(n / 4) records cut 9 records into 3 chunks, and ceil(n / 16) cut 100 into 15: the split
+  # must reach SAMPLED_SPLITS per side (broadcast: SAMPLED_SPLITS ** 2 rows) whenever the side has the records.
+  p = plan(stats(n, 100 * n), stats(m, 100 * m), strategy=strategy, sample_rate=0.01, target_shard_bytes=256_000_000)
+  assert (p.rows, p.cols) == (rows, cols)
+  assert len(p.cells) == rows * cols
