@@ -285,8 +285,9 @@ class Cells(collections.abc.Sequence):
   def __getitem__(self, shard):
     if isinstance(shard, slice):
       return [self[i] for i in range(*shard.indices(self._count))]
-    if not 0 <= shard < self._count:
+    if not -self._count <= shard < self._count:
       raise IndexError(shard)
+    shard %= self._count  # from the end, as any sequence
     plan = self._plan
     if plan.self_join in MIN_STEP:
       row = bisect.bisect_right(plan._row_starts, shard) - 1  # pylint: disable=protected-access

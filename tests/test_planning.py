@@ -275,3 +275,14 @@ def test_sampled_jobs_split_every_side_that_has_the_records(n, m, strategy, rows
   p = plan(stats(n, 100 * n), stats(m, 100 * m), strategy=strategy, sample_rate=0.01, target_shard_bytes=256_000_000)
   assert (p.rows, p.cols) == (rows, cols)
   assert len(p.cells) == rows * cols
+
+
+def test_cells_index_from_the_end_like_any_sequence():
+  p = plan(stats(100, 1000), stats(50, 500), strategy="grid", target_shard_bytes=40 * 30)
+  p2 = plan(stats(10), stats(10), self_join="combinations", target_shard_bytes=40 * 4)
+  for cells in (p.cells, p2.cells):
+    assert cells[-1] == cells[len(cells) - 1] and cells[-len(cells)] == cells[0]
+    assert list(reversed(cells)) == cells[::-1] == list(cells)[::-1]
+    for bad in (len(cells), -len(cells) - 1):
+      with pytest.raises(IndexError):
+        cells[bad]  # pylint: disable=pointless-statement
