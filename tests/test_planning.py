@@ -1,5 +1,6 @@
 """beam_job.planning: pair counts, the plan's cells, its checks and messages, ordinals and shard names."""
 
+import dataclasses
 import itertools
 import pickle
 from collections import Counter
@@ -302,8 +303,6 @@ CELL_HELD_BOUND = (planning.CELL_INPUT_MAX_BYTES + 2 * MAX_RECORD_BYTES
 WORKER_MEMORY_BOUND = max(3 * CELL_HELD_BOUND, 2 * CELL_HELD_BOUND + planning.BROADCAST_LIMIT_BYTES) + \
     2 * planning.WRITE_BLOCK_BYTES
 CLI_TARGET_SHARD_BYTES = 256_000_000  # --target_shard_mb 256
-# Self-joins compute their cell count from one entry per row: past this many rows only the grid is checked.
-SELF_JOIN_ROWS_CHECKED = 20_000
 
 
 def test_the_worker_memory_bound_is_under_2_gib():
@@ -353,8 +352,6 @@ def check_bounds(p, n, m, record_bytes, target, sample_rate):
     assert rows * cols * sample_rate <= max(1, target / pair_bytes) * (1 + 1e-9)
   # The plan's size does not depend on its cells.
   assert len(pickle.dumps(p)) < 1024
-  if p.self_join in planning.MIN_STEP and p.rows > SELF_JOIN_ROWS_CHECKED:
-    return closeness
   for row, col, count in spot_cells(p):
     assert 0 <= row < p.rows and 0 <= col < p.cols and count > 0
     if sample_rate >= 1:
@@ -444,3 +441,45 @@ def test_bounds_hold_at_any_size(n, m, left_bytes, right_bytes, strategy, self_j
   assert bool(p.collisions) == (collision != "error")
   for label, closeness in check_bounds(p, n, m, (left_bytes, right_bytes), target, rate).items():
     aim(closeness, label=label)  # steer the search towards the bounds
+
+
+# --- a self-join's cells are found in closed form, without a table per row ---------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 60), st.integers(1, 40), st.integers(0, 80), st.integers(0, 60))
+def test_floor_sum(n, m, a, b):
+  assert planning._floor_sum(n, m, a, b) == sum((a * i + b) // m for i in range(n))  # pylint: disable=protected-access
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 3000), st.sampled_from(["combinations", "combinations_with_replacement"]),
+       st.sampled_from(["grid", "broadcast"]), st.integers(1, 10 ** 6), st.floats(1e-6, 1.0))
+def test_self_join_row_starts_are_the_running_cell_counts(n, self_join, strategy, target, rate):
+  p = plan(stats(n), stats(n), self_join=self_join, strategy=strategy, target_shard_bytes=target, sample_rate=rate)
+  starts = [0]
+  for row in range(p.rows):
+    starts.append(starts[-1] + p.cols - p.first_col(row))
+  assert [p.row_start(row) for row in range(p.rows + 1)] == starts
+  assert len(p.cells) == starts[-1]
+  for row in range(p.rows):
+    if starts[row + 1] > starts[row]:  # a row with cells: its first and last cell lead back to it
+      assert p.row_of(starts[row]) == p.row_of(starts[row + 1] - 1) == row
+
+
+def test_a_billion_record_self_join_finds_its_cells_without_a_table():
+  p = cli_plan(10 ** 9, 10 ** 9, self_join="combinations", strategy="grid")
+  count = len(p.cells)
+  assert p.rows == 8_849_558 and count == p.rows * (p.rows + 1) // 2
+  for shard in (0, count // 2, count - 1):
+    row, col, pairs = p.cells[shard]
+    assert p.row_start(row) <= shard < p.row_start(row + 1) and col == p.first_col(row) + shard - p.row_start(row)
+    assert 0 < pairs <= p.row_chunk * p.col_chunk
+  assert set(vars(p)) == {field.name for field in dataclasses.fields(p)} | {"cells"}  # nothing per row
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 150), st.sampled_from(MODES), st.sampled_from(["grid", "broadcast"]), st.integers(1, 10 ** 5))
+def test_cells_iterate_as_they_index(n, self_join, strategy, target):
+  p = plan(stats(n), stats(n if self_join else 37), self_join=self_join, strategy=strategy, target_shard_bytes=target)
+  assert list(p.cells) == [p.cells[i] for i in range(len(p.cells))]
