@@ -143,8 +143,8 @@ class Plan:
   """Where every pair goes. A cell is (row chunk, column chunk); each non-empty cell is one shard.
 
   The plan is a few numbers (the grid) plus each source's offset and corrupt indexes: the cells are computed
-  from the grid on demand (``cells``, ``row_shards``, ``column_shards``), so its size and the time to
-  deserialize it do not grow with the number of cells.
+  from the grid on demand (``cells``, ``row_shards``, ``column_shards``), so its size, the time to
+  deserialize it and the memory and time to find a cell do not grow with the number of cells.
   """
   strategy: str
   self_join: Optional[str]
@@ -163,7 +163,7 @@ class Plan:
   run: Optional[str] = None  # the token of the run that writes this plan (None in a dry run)
 
   def __getstate__(self):
-    return {k: v for k, v in self.__dict__.items() if k not in ("cells", "_row_starts")}  # caches stay behind
+    return {k: v for k, v in self.__dict__.items() if k != "cells"}  # the cache stays behind
 
   @property
   def shuffle_bytes(self) -> int:
@@ -240,18 +240,25 @@ class Plan:
     first = row * self.row_chunk + step  # the smallest right ordinal the row keeps
     return first // self.col_chunk if first < self.right_count else self.cols
 
-  @functools.cached_property
-  def _row_starts(self) -> Tuple[int, ...]:
-    """Shard number of each row's first cell, and the cell count last (self-joins only: O(rows))."""
-    starts, total = [], 0
-    for row in range(self.rows):
-      starts.append(total)
-      total += self.cols - self.first_col(row)
-    starts.append(total)
-    return tuple(starts)
-
   def row_start(self, row: int) -> int:
-    return row * self.cols if self.self_join not in MIN_STEP else self._row_starts[row]
+    """Shard number of the first cell of ``row`` (of the rows, the cell count): a self-join's rows keep
+    ``cols - first_col(r)`` cells, summed in closed form, so a plan of millions of rows needs no table."""
+    if self.self_join not in MIN_STEP:
+      return row * self.cols
+    step = MIN_STEP[self.self_join]
+    # first_col(r) = (r * row_chunk + step) // col_chunk for the rows that keep a pair; the others keep none.
+    live = min(row, max(0, -(-(self.right_count - step) // self.row_chunk)))
+    return live * self.cols - _floor_sum(live, self.col_chunk, self.row_chunk, step)
+
+  def row_of(self, shard: int) -> int:
+    """The row of cell ``shard``: the last row whose first cell is at or before it (row_start grows)."""
+    if self.self_join not in MIN_STEP:
+      return shard // self.cols
+    low, high = 0, self.rows - 1
+    while low < high:
+      middle = (low + high + 1) // 2
+      low, high = (middle, high) if self.row_start(middle) <= shard else (low, middle - 1)
+    return low
 
   def row_shards(self, row: int) -> range:
     """The shards of the cells of ``row`` (where each left record of the row goes)."""
@@ -260,11 +267,13 @@ class Plan:
 
   def column_shards(self, col: int) -> Iterator[int]:
     """The shards of the cells of column ``col`` (where each right record of the column goes)."""
+    start = 0  # row_start(row), kept as a running sum: the hot path of routing pays O(1) a row
     for row in range(self.rows):
       first = self.first_col(row)
       if first > col:
         return  # first_col grows with the row
-      yield self.row_start(row) + col - first
+      yield start + col - first
+      start += self.cols - first
 
   @functools.cached_property
   def cells(self) -> "Cells":
@@ -276,25 +285,49 @@ class Cells(collections.abc.Sequence):
 
   def __init__(self, plan: Plan):
     self._plan = plan
-    rows = plan.rows
-    self._count = plan.row_start(rows) if plan.self_join in MIN_STEP else rows * plan.cols
+    self._count = plan.row_start(plan.rows)
 
   def __len__(self) -> int:
     return self._count
 
+  def __iter__(self):
+    """Row by row, O(1) a cell (indexing finds the row by a binary search)."""
+    plan = self._plan
+    for row in range(plan.rows):
+      for col in range(plan.first_col(row), plan.cols):
+        rows, cols = plan.members(row, col)
+        yield row, col, cell_pairs((rows.start, rows.stop), (cols.start, cols.stop), plan.self_join)
+
   def __getitem__(self, shard):
     if isinstance(shard, slice):
       return [self[i] for i in range(*shard.indices(self._count))]
-    if not 0 <= shard < self._count:
+    if not -self._count <= shard < self._count:
       raise IndexError(shard)
+    shard %= self._count  # from the end, as any sequence
     plan = self._plan
-    if plan.self_join in MIN_STEP:
-      row = bisect.bisect_right(plan._row_starts, shard) - 1  # pylint: disable=protected-access
-    else:
-      row = shard // plan.cols
+    row = plan.row_of(shard)
     col = plan.first_col(row) + shard - plan.row_start(row)
     rows, cols = plan.members(row, col)
     return row, col, cell_pairs((rows.start, rows.stop), (cols.start, cols.stop), plan.self_join)
+
+
+def _floor_sum(n: int, m: int, a: int, b: int) -> int:
+  """``sum((a * i + b) // m for i in range(n))`` in O(log m) steps, for a, b >= 0 and m >= 1 (the classic
+  reduction: take out the whole quotients, then swap the roles of the slope and the modulus)."""
+  total = 0
+  while n > 0:
+    if a >= m:
+      total += n * (n - 1) // 2 * (a // m)
+      a %= m
+    if b >= m:
+      total += n * (b // m)
+      b %= m
+    top = a * n + b
+    if top < m:
+      break
+    n, b = divmod(top, m)
+    m, a = a, m
+  return total
 
 
 def held_bytes(payload_bytes: float, records: int) -> int:
@@ -343,10 +376,11 @@ def _chunks(left: int, right: int, pairs_per_cell: int, strategy: str, square: b
     if square:
       row = col = min(side, left)
   if sampled:  # few pairs per cell: split anyway, so that the work spreads over workers
+    # Chunks of floor(n / k) records make at least k of them (ceil(n / k) makes only 3 of 9 records, k = 4).
     if strategy == "broadcast":
-      row = min(row, -(-left // SAMPLED_SPLITS ** 2))
+      row = min(row, max(1, left // SAMPLED_SPLITS ** 2))
     else:
-      row, col = min(row, -(-left // SAMPLED_SPLITS)), min(col, -(-right // SAMPLED_SPLITS))
+      row, col = min(row, max(1, left // SAMPLED_SPLITS)), min(col, max(1, right // SAMPLED_SPLITS))
   row, col = min(row, CELL_RECORDS), min(col, CELL_RECORDS)
   held = row * record_bytes[0] + col * record_bytes[1]
   if held > budget:

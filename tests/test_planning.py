@@ -1,11 +1,12 @@
 """beam_job.planning: pair counts, the plan's cells, its checks and messages, ordinals and shard names."""
 
+import dataclasses
 import itertools
 import pickle
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings, strategies as st, target as aim
 
 from beam_job import planning
 from beam_job.errors import JobError
@@ -260,3 +261,225 @@ def test_index_runs_are_exact_in_any_order_and_any_split(parts, problem):
     merged.merge(pickle.loads(pickle.dumps(runs)))
   assert merged.problem() == problem
   assert len(merged.runs) <= 2
+
+
+# --- sampled jobs are split at least SAMPLED_SPLITS ways per side ------------------------------------------
+
+
+@pytest.mark.parametrize("n, m, strategy, rows, cols", [
+    (9, 9, "grid", 5, 5), (5, 1000, "grid", 5, 4), (6, 6, "grid", 6, 6), (3, 2, "grid", 3, 2),
+    (100, 100, "broadcast", 17, 1), (20, 5, "broadcast", 20, 1), (17, 5, "broadcast", 17, 1),
+])
+def test_sampled_jobs_split_every_side_that_has_the_records(n, m, strategy, rows, cols):
+  # Chunks of ceil(n / 4) records cut 9 records into 3 chunks, and ceil(n / 16) cut 100 into 15: the split
+  # must reach SAMPLED_SPLITS per side (broadcast: SAMPLED_SPLITS ** 2 rows) whenever the side has the records.
+  p = plan(stats(n, 100 * n), stats(m, 100 * m), strategy=strategy, sample_rate=0.01, target_shard_bytes=256_000_000)
+  assert (p.rows, p.cols) == (rows, cols)
+  assert len(p.cells) == rows * cols
+
+
+def test_cells_index_from_the_end_like_any_sequence():
+  p = plan(stats(100, 1000), stats(50, 500), strategy="grid", target_shard_bytes=40 * 30)
+  p2 = plan(stats(10), stats(10), self_join="combinations", target_shard_bytes=40 * 4)
+  for cells in (p.cells, p2.cells):
+    assert cells[-1] == cells[len(cells) - 1] and cells[-len(cells)] == cells[0]
+    assert list(reversed(cells)) == cells[::-1] == list(cells)[::-1]
+    for bad in (len(cells), -len(cells) - 1):
+      with pytest.raises(IndexError):
+        cells[bad]  # pylint: disable=pointless-statement
+
+
+# --- bounds at any scale (issue 11): memory, cell size and plan size, from SideStats alone ------------------
+
+# The largest record the bounds are stated for.
+MAX_RECORD_BYTES = 10_000_000
+# A cell's records as a worker holds them: at most CELL_INPUT_MAX_BYTES of payloads, past it only by a chunk
+# of a single record on either side, and at most CELL_RECORDS records a side at RECORD_MEMORY_BYTES each.
+CELL_HELD_BOUND = (planning.CELL_INPUT_MAX_BYTES + 2 * MAX_RECORD_BYTES
+                   + 2 * planning.CELL_RECORDS * planning.RECORD_MEMORY_BYTES)
+# A worker process writing one cell: the grid holds the cell twice (as the runner hands it over and as the
+# writer holds it) plus one trimmed copy under --collision left|right; broadcast holds the cell once, the
+# trimmed copy and the whole right side, which is at most BROADCAST_LIMIT_BYTES. Both add two write blocks.
+WORKER_MEMORY_BOUND = max(3 * CELL_HELD_BOUND, 2 * CELL_HELD_BOUND + planning.BROADCAST_LIMIT_BYTES) + \
+    2 * planning.WRITE_BLOCK_BYTES
+CLI_TARGET_SHARD_BYTES = 256_000_000  # --target_shard_mb 256
+
+
+def test_the_worker_memory_bound_is_under_2_gib():
+  assert WORKER_MEMORY_BOUND < 2 << 30  # 1.71 GiB with today's constants
+
+
+def sized(count, record_bytes, keys=()):
+  return SideStats(good={"data": count}, bad={}, payload_bytes=record_bytes * count, keys=frozenset(keys))
+
+
+def cli_plan(n, m, record_bytes=10_000, **options):
+  """A plan with the CLI's defaults (--strategy auto, --target_shard_mb 256, --collision error)."""
+  settings = dict(strategy="auto", self_join=None, collision="error", prefixes=("", ""),
+                  max_pairs=planning.MAX_PAIRS, target_shard_bytes=CLI_TARGET_SHARD_BYTES)
+  settings.update(options)
+  return make_plan(sized(n, record_bytes), sized(m, record_bytes), **settings)
+
+
+def spot_cells(p):
+  """A few cells by index (first, middle, last): a big plan is never listed."""
+  count = len(p.cells)
+  return [p.cells[i] for i in sorted({0, count // 2, count - 1})] if count else []
+
+
+def check_bounds(p, n, m, record_bytes, target, sample_rate):
+  """Every bound the plan promises, from the grid and a few cells; returns how close the plan comes to the
+  memory and byte bounds (1 = at the bound)."""
+  rows, cols = min(p.row_chunk, n), min(p.col_chunk, m)
+  sizes = (record_bytes[0] if n else 0, record_bytes[1] if m else 0)
+  # Records: at most CELL_RECORDS a side.
+  assert 1 <= p.row_chunk <= planning.CELL_RECORDS and 1 <= p.col_chunk <= planning.CELL_RECORDS
+  # Bytes: at most min(target, CELL_INPUT_MAX_BYTES) of records, past it only by a chunk of one record.
+  budget = min(target, planning.CELL_INPUT_MAX_BYTES)
+  single = (sizes[0] if rows == 1 else 0) + (sizes[1] if cols == 1 else 0)
+  assert p.cell_input_bytes <= budget + single
+  closeness = {"cell input": p.cell_input_bytes / (budget + single)}
+  # Memory of a worker process.
+  assert p.broadcast_memory_bytes <= planning.BROADCAST_LIMIT_BYTES
+  assert p.cell_memory_bytes + p.broadcast_memory_bytes <= WORKER_MEMORY_BOUND
+  closeness["worker memory"] = (p.cell_memory_bytes + p.broadcast_memory_bytes) / WORKER_MEMORY_BOUND
+  # Pairs: a cell holds at most the target's pairs (sampled: expects at most that many).
+  pair_bytes = sizes[0] + sizes[1] + planning.PAIR_OVERHEAD_BYTES
+  per_cell = max(1, int(target / pair_bytes))
+  if sample_rate >= 1:
+    assert rows * cols <= per_cell
+  else:
+    assert rows * cols * sample_rate <= max(1, target / pair_bytes) * (1 + 1e-9)
+  # The plan's size does not depend on its cells.
+  assert len(pickle.dumps(p)) < 1024
+  for row, col, count in spot_cells(p):
+    assert 0 <= row < p.rows and 0 <= col < p.cols and count > 0
+    if sample_rate >= 1:
+      assert count <= per_cell
+  # Sampled: the work is still cut into at least SAMPLED_SPLITS x SAMPLED_SPLITS cells where it can be.
+  if sample_rate < 1:
+    splits = planning.SAMPLED_SPLITS
+    if p.strategy == "broadcast":
+      assert p.rows >= min(splits ** 2, n)
+      with_pairs = 0 if not total_pairs(n, m, p.self_join) else n - (p.self_join == "combinations")
+      assert len(p.cells) >= min(splits ** 2, with_pairs)
+    else:
+      assert p.rows >= min(splits, n) and p.cols >= min(splits, m)
+      assert len(p.cells) >= min(splits ** 2, total_pairs(min(splits, n), min(splits, m), p.self_join))
+  return closeness
+
+
+SCALE_JOBS = [  # (left records, right records, bytes a record, options, strategy chosen)
+    (10 ** 5, 10 ** 5, 10_000, {}, "grid"),
+    (10 ** 7, 100, 10_000, {}, "broadcast"),
+    (100, 10 ** 7, 10_000, {}, "grid"),
+    (10 ** 4, 10 ** 6, 10_000, {}, "grid"),
+    (10 ** 5, 10 ** 5, 10_000, {"sample_rate": 1e-5}, "grid"),
+    (10 ** 7, 10 ** 7, 10_000, {"sample_rate": 1e-7}, "grid"),
+    (20, 500_000, 100, {"strategy": "broadcast"}, "broadcast"),
+]
+
+
+@pytest.mark.parametrize("n, m, record_bytes, options, strategy", SCALE_JOBS)
+def test_bounds_of_the_scale_jobs(n, m, record_bytes, options, strategy):
+  # The jobs of benchmarks/scale_plan.py.
+  p = cli_plan(n, m, record_bytes, **options)
+  assert p.strategy == strategy
+  check_bounds(p, n, m, (record_bytes, record_bytes), CLI_TARGET_SHARD_BYTES, options.get("sample_rate", 1.0))
+  assert len(pickle.dumps(p)) < 400
+
+
+def test_forced_broadcast_of_a_large_side_is_refused():
+  with pytest.raises(JobError) as info:
+    cli_plan(100, 10 ** 7, strategy="broadcast")
+  assert str(info.value) == ("--strategy broadcast would hold the whole right side (10,000,000 records, about "
+                             "101,600 MB in memory) in every worker process, more than the 1,074 MB bound; use "
+                             "--strategy grid")
+  # The bound itself: payloads plus RECORD_MEMORY_BYTES a record.
+  at_limit = planning.BROADCAST_LIMIT_BYTES - planning.RECORD_MEMORY_BYTES
+  assert cli_plan(1, 1, at_limit, strategy="broadcast").broadcast_memory_bytes == planning.BROADCAST_LIMIT_BYTES
+  with pytest.raises(JobError, match="; use --strategy grid$"):
+    cli_plan(1, 1, at_limit + 1, strategy="broadcast")
+
+
+@pytest.mark.parametrize("self_join", [None, "combinations"])
+def test_the_pickled_plan_does_not_grow_with_its_cells(self_join):
+  # The same sides cut for 256 MB and for 256 KB shards: over 1000 times the cells, the same few numbers.
+  plans = [cli_plan(10 ** 5, 10 ** 5, self_join=self_join, strategy="grid", target_shard_bytes=target)
+           for target in (CLI_TARGET_SHARD_BYTES, CLI_TARGET_SHARD_BYTES // 1000)]
+  assert len(plans[1].cells) >= 1000 * len(plans[0].cells)
+  for p in plans:
+    assert p.cells[-1]  # computed, and cached, before pickling
+  sizes = [len(pickle.dumps(p)) for p in plans]
+  assert abs(sizes[0] - sizes[1]) <= 4 and max(sizes) < 400, sizes
+  copy = pickle.loads(pickle.dumps(plans[1]))
+  assert [copy.cells[i] for i in (0, -1)] == [plans[1].cells[i] for i in (0, -1)]
+
+
+COUNTS = st.one_of(st.integers(0, 40), st.integers(0, 10 ** 9))
+RECORD_BYTES = st.one_of(st.sampled_from([1, 100, 10_000, MAX_RECORD_BYTES]), st.integers(1, MAX_RECORD_BYTES))
+TARGETS = st.one_of(st.just(CLI_TARGET_SHARD_BYTES), st.integers(1, 10 ** 12))
+RATES = st.one_of(st.just(1.0), st.sampled_from([1e-9, 1e-5, 0.5]), st.floats(1e-9, 1.0))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(COUNTS, COUNTS, RECORD_BYTES, RECORD_BYTES, st.sampled_from(["grid", "broadcast", "auto"]),
+       st.sampled_from(MODES), RATES, st.sampled_from(["error", "left", "right"]), TARGETS)
+def test_bounds_hold_at_any_size(n, m, left_bytes, right_bytes, strategy, self_join, rate, collision, target):
+  if self_join is not None:
+    m, right_bytes = n, left_bytes  # a self-join pairs a side with itself
+  keys = ({"l"}, {"r"}) if collision == "error" else ({"shared", "l"}, {"shared", "r"})
+  options = dict(strategy=strategy, self_join=self_join, collision=collision, prefixes=("", ""),
+                 max_pairs=planning.MAX_PAIRS, target_shard_bytes=target, sample_rate=rate)
+  left, right = sized(n, left_bytes, keys[0]), sized(m, right_bytes, keys[1])
+  if strategy == "broadcast" and planning.held_bytes(right.payload_bytes, m) > planning.BROADCAST_LIMIT_BYTES:
+    with pytest.raises(JobError, match=r"^--strategy broadcast would hold .*; use --strategy grid$"):
+      make_plan(left, right, **options)
+    return
+  p = make_plan(left, right, **options)
+  assert p.strategy == strategy or strategy == "auto"
+  assert bool(p.collisions) == (collision != "error")
+  for label, closeness in check_bounds(p, n, m, (left_bytes, right_bytes), target, rate).items():
+    aim(closeness, label=label)  # steer the search towards the bounds
+
+
+# --- a self-join's cells are found in closed form, without a table per row ---------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 60), st.integers(1, 40), st.integers(0, 80), st.integers(0, 60))
+def test_floor_sum(n, m, a, b):
+  assert planning._floor_sum(n, m, a, b) == sum((a * i + b) // m for i in range(n))  # pylint: disable=protected-access
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 3000), st.sampled_from(["combinations", "combinations_with_replacement"]),
+       st.sampled_from(["grid", "broadcast"]), st.integers(1, 10 ** 6), st.floats(1e-6, 1.0))
+def test_self_join_row_starts_are_the_running_cell_counts(n, self_join, strategy, target, rate):
+  p = plan(stats(n), stats(n), self_join=self_join, strategy=strategy, target_shard_bytes=target, sample_rate=rate)
+  starts = [0]
+  for row in range(p.rows):
+    starts.append(starts[-1] + p.cols - p.first_col(row))
+  assert [p.row_start(row) for row in range(p.rows + 1)] == starts
+  assert len(p.cells) == starts[-1]
+  for row in range(p.rows):
+    if starts[row + 1] > starts[row]:  # a row with cells: its first and last cell lead back to it
+      assert p.row_of(starts[row]) == p.row_of(starts[row + 1] - 1) == row
+
+
+def test_a_billion_record_self_join_finds_its_cells_without_a_table():
+  p = cli_plan(10 ** 9, 10 ** 9, self_join="combinations", strategy="grid")
+  count = len(p.cells)
+  assert p.rows == 8_849_558 and count == p.rows * (p.rows + 1) // 2
+  for shard in (0, count // 2, count - 1):
+    row, col, pairs = p.cells[shard]
+    assert p.row_start(row) <= shard < p.row_start(row + 1) and col == p.first_col(row) + shard - p.row_start(row)
+    assert 0 < pairs <= p.row_chunk * p.col_chunk
+  assert set(vars(p)) == {field.name for field in dataclasses.fields(p)} | {"cells"}  # nothing per row
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 150), st.sampled_from(MODES), st.sampled_from(["grid", "broadcast"]), st.integers(1, 10 ** 5))
+def test_cells_iterate_as_they_index(n, self_join, strategy, target):
+  p = plan(stats(n), stats(n if self_join else 37), self_join=self_join, strategy=strategy, target_shard_bytes=target)
+  assert list(p.cells) == [p.cells[i] for i in range(len(p.cells))]
