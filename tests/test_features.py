@@ -64,7 +64,7 @@ def test_dry_run_of_a_sampled_job_says_its_cells_are_split(inputs, tmp_path, cap
   assert cli.main(_job(inputs, tmp_path / "pairs", "--collision", "left", "--dry_run", "--strategy", "grid",
                        "--sample_rate", "0.5")) == 0
   text = capsys.readouterr().out
-  assert "cell grid:      4 x 3 chunks of 2 x 2 records, 12 non-empty cell(s)" in text
+  assert "cell grid:      7 x 5 chunks of 1 x 1 records, 35 non-empty cell(s)" in text
   assert "(sampled: a cell holds at most a quarter of each side, so that the work spreads over workers)" in text
 
 

@@ -32,7 +32,7 @@ RUNNERS = {
     "portable": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
 }
 STRATEGIES = {
-    "broadcast": ["--strategy", "broadcast", "--target_shard_mb", "0.0003"],
+    "broadcast": ["--strategy", "broadcast", "--target_shard_mb", "0.001"],
     "grid": ["--strategy", "grid", "--target_shard_mb", "0.0003"],
 }
 
