@@ -177,3 +177,13 @@ def user_error(capsys, argv, *parts) -> str:
   for part in parts:
     assert part in lines[0], lines[0]
   return lines[0]
+
+
+def split_frames(data: bytes) -> list:
+  """The raw TFRecord frames (length, its CRC, payload, its CRC) of a shard's bytes, unchecked."""
+  frames, at = [], 0
+  while at < len(data):
+    length = int.from_bytes(data[at:at + 8], "little")
+    frames.append(data[at:at + 16 + length])
+    at += 16 + length
+  return frames

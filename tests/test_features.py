@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from beam_job import cli, verify
-from tests.helpers import make_example, parse, read_tfrecords, write_tfrecord
+from tests.helpers import make_example, parse, read_tfrecords, split_frames, write_tfrecord
 
 N_LEFT, N_RIGHT = 7, 5
 
@@ -163,13 +163,8 @@ def verified_output(inputs, tmp_path):
 
 
 def _frames(path):
-  data = open(path, "rb").read()
-  frames, at = [], 0
-  while at < len(data):
-    length = int.from_bytes(data[at:at + 8], "little")
-    frames.append(data[at:at + 16 + length])
-    at += 16 + length
-  return frames
+  with open(path, "rb") as f:
+    return split_frames(f.read())
 
 
 def _verify_error(inputs, prefix, capsys):

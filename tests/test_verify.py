@@ -13,7 +13,7 @@ import zlib
 import pytest
 
 from beam_job import cells, cli, verify
-from tests.helpers import make_example, write_tfrecord
+from tests.helpers import make_example, split_frames, write_tfrecord
 
 N_LEFT, N_RIGHT = 12, 6
 
@@ -33,8 +33,9 @@ _OUTPUTS = {
     "grid": ["--collision", "prefix", "--strategy", "grid", "--target_shard_mb", "0.002"],
     "gzip": ["--collision", "prefix", "--strategy", "broadcast", "--target_shard_mb", "0.004",
              "--output_compression", "gzip"],
-    "sampled": ["--collision", "left", "--strategy", "grid", "--target_shard_mb", "0.002", "--sample_rate", "0.6",
-                "--seed", "3"],
+    # (a sampled cell holds at most a quarter of each side, a sixteenth of the left when broadcast: rows of 6)
+    "sampled": ["--collision", "left", "--strategy", "broadcast", "--target_shard_mb", "0.002", "--sample_rate",
+                "0.9", "--seed", "3"],
 }
 
 
@@ -72,15 +73,6 @@ def output(inputs, written, tmp_path):
   return copy
 
 
-def _frames(data):
-  frames, at = [], 0
-  while at < len(data):
-    length = int.from_bytes(data[at:at + 8], "little")
-    frames.append(data[at:at + 16 + length])
-    at += 16 + length
-  return frames
-
-
 def _read(path):
   data = open(path, "rb").read()
   return gzip.decompress(data) if path.endswith(".gz") else data
@@ -113,8 +105,8 @@ def test_a_correct_output_is_compared_without_the_reference_pairs(name, output, 
 @pytest.mark.parametrize("name", sorted(_OUTPUTS))
 def test_an_altered_record_is_named_reading_only_up_to_it(name, output, monkeypatch, capsys):
   _, shards, run = output(name)
-  shard = max(shards, key=lambda s: len(_frames(_read(s))))
-  frames = _frames(_read(shard))
+  shard = max(shards, key=lambda s: len(split_frames(_read(s))))
+  frames = split_frames(_read(shard))
   assert len(frames) > 4
   _write(shard, b"".join(frames[:3] + [frames[4]] + frames[4:]))  # record 3 is a valid frame, not its pair
   yielded = []  # per call: how many pairs it gave
@@ -134,7 +126,7 @@ def test_an_altered_record_is_named_reading_only_up_to_it(name, output, monkeypa
 @pytest.mark.parametrize("name", sorted(_OUTPUTS))
 def test_a_truncated_shard(name, output, capsys):
   _, shards, run = output(name)
-  frames = _frames(_read(shards[1]))
+  frames = split_frames(_read(shards[1]))
   kept = b"".join(frames[:-1])
   _write(shards[1], kept + frames[-1][:30])
   length = len(frames[-1]) - 16  # 18 bytes follow the header; the reader counts them less a footer, as ever
@@ -145,7 +137,7 @@ def test_a_truncated_shard(name, output, capsys):
 @pytest.mark.parametrize("name", sorted(_OUTPUTS))
 def test_an_extra_record(name, output, capsys):
   _, shards, run = output(name)
-  frames = _frames(_read(shards[-1]))
+  frames = split_frames(_read(shards[-1]))
   _write(shards[-1], b"".join(frames + frames[-1:]))
   assert _failure(run, capsys) == (f"verify failed: {shards[-1]} holds {len(frames) + 1} records, expected "
                                    f"{len(frames)} (records dropped or duplicated)\n")
@@ -157,7 +149,7 @@ def test_an_extra_record(name, output, capsys):
 ], ids=["bad length in the trailer", "trailer cut off"])
 def test_a_gzip_shard_with_a_damaged_tail(damage, problem, output, capsys):
   _, shards, run = output("gzip")
-  records = len(_frames(_read(shards[0])))
+  records = len(split_frames(_read(shards[0])))
   data = open(shards[0], "rb").read()
   open(shards[0], "wb").write(damage(data))
   assert _failure(run, capsys) == (f"verify failed: {shards[0]}: the gzip stream is broken after record "
@@ -168,7 +160,7 @@ def test_a_shard_not_compared_is_counted(output, capsys):
   _, shards, run = output("grid")
   compared = random.Random(0).sample(range(len(shards)), 1)
   shard = shards[min(set(range(len(shards))) - set(compared))]
-  frames = _frames(_read(shard))
+  frames = split_frames(_read(shard))
   _write(shard, b"".join(frames[:-1]))
   assert _failure(run, capsys, "--full_check_max", "1", "--sample_shards", "1") == (
       f"verify failed: {shard} holds {len(frames) - 1} records, expected {len(frames)}\n")
