@@ -15,7 +15,8 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(BIN)/python -m beam_job.sample sample
 	$(BIN)/python -m beam_job --left sample/users.tfrecord --right sample/items.tfrecord \
-	  --output sample/out/pairs --overwrite
+	  --output sample/out/pairs --overwrite > sample/run.json
+	$(BIN)/python -m beam_job.report sample/out/pairs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
