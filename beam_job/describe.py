@@ -10,8 +10,9 @@ def plan_description(plan: planning.Plan, options) -> dict:
   elif options.collision in ("left", "right"):
     collisions = (f"{len(plan.collisions)} name(s) on both sides; the {options.collision} side's value wins: "
                   + ", ".join(plan.collisions))
-  else:  # make_plan has already refused the others
-    collisions = ", ".join(plan.collisions)
+  else:  # --collision prefix (make_plan has refused any other policy with collisions)
+    collisions = (f"{len(plan.collisions)} name(s) on both sides before renaming, renamed apart by the prefixes: "
+                  + ", ".join(plan.collisions))
   renaming = (f"every left feature is renamed {options.left_prefix}NAME and every right one "
               f"{options.right_prefix}NAME" if options.collision == "prefix" else "features keep their names")
   return {

@@ -154,7 +154,7 @@ class Plan:
   col_chunk: int
   offsets: Tuple[Dict[str, int], Dict[str, int]]  # per side: source -> ordinal of its first good record
   bad: Tuple[Dict[str, Tuple[int, ...]], Dict[str, Tuple[int, ...]]]
-  collisions: Tuple[str, ...]
+  collisions: Tuple[str, ...]  # names on both sides (under --collision prefix: before renaming)
   pairs: int  # expected when sampling
   estimated_bytes: int
   sample_rate: float = 1.0
@@ -343,6 +343,10 @@ def _offsets(good: Dict[str, int]) -> Dict[str, int]:
   return offsets
 
 
+def _unprefixed(keys: FrozenSet[str], prefix: str) -> FrozenSet[str]:
+  return frozenset(key[len(prefix):] for key in keys if key.startswith(prefix))
+
+
 def check_collisions(left_keys: FrozenSet[str], right_keys: FrozenSet[str], collision: str,
                      prefixes: Tuple[str, str]) -> Tuple[str, ...]:
   """The feature names present on both sides; raises JobError when the policy does not allow them."""
@@ -424,6 +428,8 @@ def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Op
                    f"--max_pairs {max_pairs:,}; raise --max_pairs to allow it")
   index_keys = [frozenset([name]) if name else frozenset() for name in index_names]
   collisions = check_collisions(left.keys | index_keys[0], right.keys | index_keys[1], collision, prefixes)
+  if collision == "prefix":  # renamed apart: what the user wants to know is which names met before renaming
+    collisions = tuple(sorted(_unprefixed(left.keys, prefixes[0]) & _unprefixed(right.keys, prefixes[1])))
   broadcast_bytes = held_bytes(right.payload_bytes, m)
   if strategy == "auto":
     broadcast = right.payload_bytes <= BROADCAST_MAX_BYTES and broadcast_bytes <= BROADCAST_LIMIT_BYTES

@@ -363,11 +363,12 @@ def test_input_compression(case, tmp_path):
 
 
 @pytest.mark.parametrize("flags,merge,collisions", [
-    ([], dict(collision="prefix"), []),
+    # Under prefix, the names that met before renaming (renamed apart, so nothing is dropped).
+    ([], dict(collision="prefix"), ["id", "x"]),
     (["--left_prefix", "", "--right_prefix", "r_"], dict(collision="prefix", left_prefix="", right_prefix="r_"),
-     []),
+     ["id", "x"]),
     (["--left_prefix", "L.", "--right_prefix", ""], dict(collision="prefix", left_prefix="L.", right_prefix=""),
-     []),
+     ["id", "x"]),
     (["--collision", "left"], dict(collision="left"), ["id", "x"]),
     (["--collision", "right"], dict(collision="right"), ["id", "x"]),
 ], ids=["prefix_defaults", "empty_left_prefix", "empty_right_prefix", "left_wins", "right_wins"])

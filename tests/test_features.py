@@ -60,6 +60,12 @@ def test_dry_run_prints_the_plan_and_writes_nothing(inputs, tmp_path, capsys):
   assert not (tmp_path / "out").exists()
 
 
+def test_dry_run_under_prefix_names_what_collided_before_renaming(inputs, tmp_path, capsys):
+  assert cli.main(_job(inputs, tmp_path / "pairs", "--collision", "prefix", "--dry_run")) == 0
+  assert ("collisions:     1 name(s) on both sides before renaming, renamed apart by the prefixes: id "
+          "(--collision prefix)") in capsys.readouterr().out
+
+
 def test_dry_run_of_a_sampled_job_says_its_cells_are_split(inputs, tmp_path, capsys):
   assert cli.main(_job(inputs, tmp_path / "pairs", "--collision", "left", "--dry_run", "--strategy", "grid",
                        "--sample_rate", "0.5")) == 0
