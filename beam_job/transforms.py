@@ -479,7 +479,13 @@ class PairOptions:
     return tuple(None if names is None else frozenset(names) for names in (self.left_features, self.right_features))
 
   def index_names(self) -> Tuple[Optional[str], Optional[str]]:
-    return tuple(prefix + "index" if self.index_features else None for prefix in self.prefixes)
+    """The two ordinal features of ``--index_features``: the prefixes' under ``--collision prefix``, else
+    ``left_index`` and ``right_index``, so that under every policy each side's ordinal is its own feature (one
+    name for both would collide, or lose one side's index under ``left|right``)."""
+    if not self.index_features:
+      return None, None
+    prefixes = self.prefixes if self.collision == "prefix" else ("left_", "right_")
+    return prefixes[0] + "index", prefixes[1] + "index"
 
   def plan_options(self, self_join: Optional[str]) -> dict:
     return {"strategy": self.strategy, "self_join": self_join, "collision": self.collision,

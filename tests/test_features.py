@@ -88,16 +88,29 @@ def test_index_features_trace_every_record_to_its_sources(inputs, tmp_path):
     assert example.features.feature["right_id"].int64_list.value == [100 + j]
 
 
-def test_index_features_without_prefix_collide(inputs, tmp_path, capsys):
+@pytest.mark.parametrize("policy", ["error", "left", "right"])
+def test_index_features_give_two_traceable_features_under_every_policy(inputs, tmp_path, policy):
   prefix = tmp_path / "pairs"
-  assert cli.main(_job(inputs, prefix, "--collision", "right", "--right_features", "tag", "--left_features",
-                       "name", "--index_features")) == 0
-  example = _records(prefix)[0]
-  # 'index' is on both sides: the right side's value wins, as for any other feature.
-  assert sorted(example.features.feature) == ["index", "name", "tag"]
-  assert cli.main(_job(inputs, tmp_path / "other", "--left_features", "name", "--right_features", "tag",
-                       "--index_features")) == 2
-  assert "'index'" in capsys.readouterr().err
+  flags = ["--left_features", "name", "--right_features", "tag"] if policy == "error" else []
+  cli.run(_job(inputs, prefix, "--collision", policy, "--index_features", *flags))
+  records = _records(prefix)
+  assert len(records) == N_LEFT * N_RIGHT
+  pairs = sorted((e.features.feature["left_index"].int64_list.value[0],
+                  e.features.feature["right_index"].int64_list.value[0]) for e in records)
+  assert pairs == [(i, j) for i in range(N_LEFT) for j in range(N_RIGHT)]
+  for example in records:  # each index names the record its other features came from
+    i, j = (example.features.feature[f"{side}_index"].int64_list.value[0] for side in ("left", "right"))
+    assert example.features.feature["name" if policy == "error" else "vec"] == \
+        parse(inputs["left_records"][i]).features.feature["name" if policy == "error" else "vec"]
+    assert example.features.feature["tag"] == parse(inputs["right_records"][j]).features.feature["tag"]
+
+
+def test_index_features_refuse_a_side_that_has_the_name(tmp_path, capsys):
+  left, right = str(tmp_path / "l.tfrecord"), str(tmp_path / "r.tfrecord")
+  write_tfrecord(left, [make_example({"left_index": [7]})])
+  write_tfrecord(right, [make_example({"b": [1]})])
+  assert cli.main(["--left", left, "--right", right, "--output", str(tmp_path / "p"), "--index_features"]) == 2
+  assert "--index_features cannot add 'left_index' to the left records" in capsys.readouterr().err
 
 
 def test_feature_selection_keeps_only_the_named_features(inputs, tmp_path):
