@@ -1,7 +1,8 @@
 """The TFMD schema of the output (``PREFIX-schema.pbtxt``): every output feature with its type.
 
-Types come from tfx-bsl's Example decoder run over each side's prepared records (names already filtered and
-renamed), so TFX and TF Transform users can read the output with the schema as it is.
+Types are the kinds of value list each side's records hold, learned in the one parse of each record (names
+already filtered and renamed; the same types tfx-bsl's Example decoder gives), so TFX and TF Transform users
+can read the output with the schema as it is.
 """
 
 from typing import Dict, Iterable, Optional, Set, Tuple
@@ -12,9 +13,10 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 _TYPES = {"INT": schema_pb2.INT, "FLOAT": schema_pb2.FLOAT, "BYTES": schema_pb2.BYTES}
 
 
-def merged_types(side_types: Iterable[Tuple[int, Dict[str, Set[str]]]], collision: str,
+def merged_types(side_types: Iterable[Tuple[int, Dict[str, Set[str]]]],
                  index_names: Tuple[Optional[str], Optional[str]]) -> Dict[str, Set[str]]:
-  """Output feature name -> types. A name on both sides (``--collision left|right``) takes the winner's."""
+  """Output feature name -> types. A name on both sides (``--collision left|right``) takes both sides' kinds:
+  the loser's value stays in every pair whose winning record lacks the feature."""
   by_side = [{}, {}]
   for side, types in side_types:
     for name, kinds in types.items():
@@ -22,9 +24,9 @@ def merged_types(side_types: Iterable[Tuple[int, Dict[str, Set[str]]]], collisio
   for side, name in enumerate(index_names):
     if name:
       by_side[side][name] = {"INT"}
-  winner = 1 if collision == "right" else 0
-  merged = dict(by_side[1 - winner])
-  merged.update(by_side[winner])
+  merged = {name: set(kinds) for name, kinds in by_side[0].items()}
+  for name, kinds in by_side[1].items():
+    merged.setdefault(name, set()).update(kinds)
   return merged
 
 

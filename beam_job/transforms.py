@@ -398,7 +398,7 @@ class _FinalizeFn(beam.DoFn):
     }
     types = [(side, {name: kinds for name, kinds in stats.types.items() if kinds})  # valued features only
              for side, stats in enumerate((left_stats, right_stats))]
-    schema = output_schema.merged_types(types, options.collision, options.index_names())
+    schema = output_schema.merged_types(types, options.index_names())
     texts = {outputs.schema_path(output): output_schema.to_pbtxt(schema)}
     if corrupt:  # the dead-letter list, one JSON object per line, published before the summary announces it
       texts[outputs.dead_letter_path(output)] = "".join(json.dumps(c, sort_keys=True) + "\n"

@@ -245,3 +245,19 @@ def test_schema_of_a_feature_with_several_types_has_no_type(tmp_path):
   schema = text_format.Parse(open(summary["schema"]).read(), schema_pb2.Schema())
   assert {f.name: f.HasField("type") and f.type for f in schema.feature} == {
       "c": False, "d": schema_pb2.FLOAT, "e": schema_pb2.INT}
+
+
+@pytest.mark.parametrize("policy", ["left", "right"])
+def test_schema_of_a_collision_holds_both_sides_kinds(tmp_path, policy):
+  # Left records have 'a' (int) or not; right ones have 'a' as floats and 'b' as int or bytes on either side.
+  left = write_tfrecord(str(tmp_path / "left.tfrecord"), [make_example({"a": [1], "b": [3]}), make_example({"x": [0]})])
+  right = write_tfrecord(str(tmp_path / "right.tfrecord"), [make_example({"a": [0.5], "b": [4]})])
+  summary = cli.run(["--left", left, "--right", right, "--output", str(tmp_path / "pairs"), "--collision", policy])
+  schema = text_format.Parse(open(summary["schema"]).read(), schema_pb2.Schema())
+  types = {f.name: f.HasField("type") and f.type for f in schema.feature}
+  # Under left, 'a' is an int in one pair and a float in the other; under right every pair here takes the float,
+  # but the loser's int survives wherever a winning record lacks 'a': the union of both sides, so no single
+  # type; 'b' is an int either way.
+  assert types == {"a": False, "b": schema_pb2.INT, "x": schema_pb2.INT}
+  kinds = {parse(r).features.feature["a"].WhichOneof("kind") for r in read_tfrecords(summary["shards"])}
+  assert kinds == ({"int64_list", "float_list"} if policy == "left" else {"float_list"})
