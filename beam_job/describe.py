@@ -7,10 +7,13 @@ def plan_description(plan: planning.Plan, options) -> dict:
   """What the job would do: sizes, strategy, grid, shard names, and what happens to colliding features."""
   if not plan.collisions:
     collisions = "none: the merged Example is the union of both sides' features"
+  elif options.collision == "error":  # only in a dry run: the plan lists the refusal among its problems
+    collisions = f"{len(plan.collisions)} name(s) on both sides, which --collision error refuses: " + ", ".join(
+        plan.collisions)
   elif options.collision in ("left", "right"):
     collisions = (f"{len(plan.collisions)} name(s) on both sides; the {options.collision} side's value wins: "
                   + ", ".join(plan.collisions))
-  else:  # --collision prefix (make_plan has refused any other policy with collisions)
+  else:  # --collision prefix
     collisions = (f"{len(plan.collisions)} name(s) on both sides before renaming, renamed apart by the prefixes: "
                   + ", ".join(plan.collisions))
   renaming = (f"every left feature is renamed {options.left_prefix}NAME and every right one "
@@ -33,6 +36,7 @@ def plan_description(plan: planning.Plan, options) -> dict:
       "cell_input_bytes": plan.cell_input_bytes,
       "worker_memory_bytes": plan.cell_memory_bytes + plan.broadcast_memory_bytes,
       "sampled_split": plan.sample_rate < 1,
+      "problems": list(plan.problems),
       "corrupt_records": sum(len(v) for side in (plan.bad[:1] if plan.self_join else plan.bad)
                              for v in side.values()),
   }
@@ -60,4 +64,5 @@ def to_text(description: dict) -> str:
       f"collisions:     {description['collisions']} (--collision {description['collision_policy']})",
       f"features:       {description['renaming']}",
       f"corrupt:        {description['corrupt_records']} record(s) left out",
-  ])
+  ] + [f"problem:        {problem}" for problem in description["problems"]] + (
+      ["the job would fail: each problem above names the flag that fixes it"] if description["problems"] else []))

@@ -161,6 +161,7 @@ class Plan:
   side_bytes: Tuple[int, int] = (0, 0)  # encoded records of each side
   collision: str = "error"
   run: Optional[str] = None  # the token of the run that writes this plan (None in a dry run)
+  problems: Tuple[str, ...] = ()  # why the job would fail (a dry run plans on; a real run raises instead)
 
   def __getstate__(self):
     return {k: v for k, v in self.__dict__.items() if k != "cells"}  # the cache stays behind
@@ -395,6 +396,26 @@ def _chunks(left: int, right: int, pairs_per_cell: int, strategy: str, square: b
   return row, col
 
 
+def _check_max_pairs(pairs: int, all_pairs: int, n: int, m: int, max_pairs: int, sample_rate: float) -> None:
+  if pairs > max_pairs:
+    sampled = f" sampled at --sample_rate {sample_rate} from {all_pairs:,}" if sample_rate < 1 else ""
+    raise JobError(f"the job would write {pairs:,} pairs ({n:,} x {m:,} records{sampled}), more than "
+                   f"--max_pairs {max_pairs:,}; raise --max_pairs to allow it")
+
+
+def _choose_strategy(strategy: str, right: SideStats) -> str:
+  """``auto`` broadcasts a small right side; a forced broadcast beyond the memory bound is refused."""
+  broadcast_bytes = held_bytes(right.payload_bytes, right.count)
+  if strategy == "auto":
+    broadcast = right.payload_bytes <= BROADCAST_MAX_BYTES and broadcast_bytes <= BROADCAST_LIMIT_BYTES
+    return "broadcast" if broadcast else "grid"
+  if strategy == "broadcast" and broadcast_bytes > BROADCAST_LIMIT_BYTES:
+    raise JobError(f"--strategy broadcast would hold the whole right side ({right.count:,} records, about "
+                   f"{broadcast_bytes / 1e6:,.0f} MB in memory) in every worker process, more than the "
+                   f"{BROADCAST_LIMIT_BYTES / 1e6:,.0f} MB bound; use --strategy grid")
+  return strategy
+
+
 def check_selection(stats: SideStats, select: Optional[FrozenSet[str]], prefix: str, side: str) -> None:
   """Every name given to --left_features / --right_features must occur in that side's data."""
   missing = sorted(name for name in select or () if prefix + name not in stats.keys)
@@ -411,33 +432,40 @@ def check_index_name(stats: SideStats, name: Optional[str], side: str) -> None:
 def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Optional[str], collision: str,
               prefixes: Tuple[str, str], max_pairs: int, target_shard_bytes: int,
               selects: Tuple[Optional[FrozenSet[str]], Optional[FrozenSet[str]]] = (None, None),
-              index_names: Tuple[Optional[str], Optional[str]] = (None, None), sample_rate: float = 1.0) -> Plan:
+              index_names: Tuple[Optional[str], Optional[str]] = (None, None), sample_rate: float = 1.0,
+              dry_run: bool = False) -> Plan:
   """Checks the job against its limits and cuts it into cells; raises JobError before anything is written.
 
   With ``sample_rate`` below 1 the counts and sizes are expectations: cells are sized for the kept pairs.
+  With ``dry_run`` a failed check does not stop the plan: its message, which names the flag that fixes it, goes
+  to ``Plan.problems`` (a refused broadcast is planned as a grid).
   """
+  problems = []
+
+  def check(function, *args):
+    try:
+      return function(*args)
+    except JobError as e:
+      if not dry_run:
+        raise
+      problems.append(str(e))
+      return None
+
   for stats, select, prefix, index_name, side in zip((left, right), selects, prefixes, index_names, SIDES):
-    check_selection(stats, select, prefix, side)
-    check_index_name(stats, index_name, side)
+    check(check_selection, stats, select, prefix, side)
+    check(check_index_name, stats, index_name, side)
   n, m = left.count, right.count
   all_pairs = total_pairs(n, m, self_join)
   pairs = all_pairs if sample_rate >= 1 else math.ceil(all_pairs * sample_rate)
-  if pairs > max_pairs:
-    sampled = f" sampled at --sample_rate {sample_rate} from {all_pairs:,}" if sample_rate < 1 else ""
-    raise JobError(f"the job would write {pairs:,} pairs ({n:,} x {m:,} records{sampled}), more than "
-                   f"--max_pairs {max_pairs:,}; raise --max_pairs to allow it")
+  check(_check_max_pairs, pairs, all_pairs, n, m, max_pairs, sample_rate)
   index_keys = [frozenset([name]) if name else frozenset() for name in index_names]
-  collisions = check_collisions(left.keys | index_keys[0], right.keys | index_keys[1], collision, prefixes)
+  keys = (left.keys | index_keys[0], right.keys | index_keys[1])
+  collisions = check(check_collisions, *keys, collision, prefixes)
+  if collisions is None:  # refused (dry run): show them all the same
+    collisions = tuple(sorted(keys[0] & keys[1]))
   if collision == "prefix":  # renamed apart: what the user wants to know is which names met before renaming
     collisions = tuple(sorted(_unprefixed(left.keys, prefixes[0]) & _unprefixed(right.keys, prefixes[1])))
-  broadcast_bytes = held_bytes(right.payload_bytes, m)
-  if strategy == "auto":
-    broadcast = right.payload_bytes <= BROADCAST_MAX_BYTES and broadcast_bytes <= BROADCAST_LIMIT_BYTES
-    strategy = "broadcast" if broadcast else "grid"
-  elif strategy == "broadcast" and broadcast_bytes > BROADCAST_LIMIT_BYTES:
-    raise JobError(f"--strategy broadcast would hold the whole right side ({m:,} records, about "
-                   f"{broadcast_bytes / 1e6:,.0f} MB in memory) in every worker process, more than the "
-                   f"{BROADCAST_LIMIT_BYTES / 1e6:,.0f} MB bound; use --strategy grid")
+  strategy = check(_choose_strategy, strategy, right) or "grid"
   averages = (left.payload_bytes / max(n, 1), right.payload_bytes / max(m, 1))
   pair_bytes = sum(averages) + PAIR_OVERHEAD_BYTES
   pairs_per_cell = max(1, int(target_shard_bytes / pair_bytes / max(sample_rate, sampling.MIN_RATE)))
@@ -448,4 +476,4 @@ def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Op
               col_chunk=col_chunk, offsets=(_offsets(left.good), _offsets(right.good)),
               bad=(dict(left.bad), dict(right.bad)), collisions=collisions, pairs=pairs,
               estimated_bytes=int(pairs * pair_bytes), sample_rate=sample_rate,
-              side_bytes=(left.payload_bytes, right.payload_bytes), collision=collision)
+              side_bytes=(left.payload_bytes, right.payload_bytes), collision=collision, problems=tuple(problems))

@@ -578,7 +578,8 @@ class CrossProduct(beam.PTransform):
       right_side = (left if right is None else right) | "PrepareRight" >> _PrepareSide(1, options, right is not None)
     sides = (left_side, right_side)
     if self._dry_run:
-      return (left_side[2] | "Plan" >> beam.Map(_plan, AsSingleton(right_side[2]), options.plan_options(self_join))
+      return (left_side[2] | "Plan" >> beam.Map(_plan, AsSingleton(right_side[2]),
+                                                dict(options.plan_options(self_join), dry_run=True))
               | "Describe" >> beam.Map(describe.plan_description, options))
     # The run's token names its lease and temporary folder. Chosen when the pipeline runs (unless the CLI, which
     # is itself one run, passes its own), in a stage of its own: a retried Plan sees the token it began with.

@@ -261,3 +261,25 @@ def test_schema_of_a_collision_holds_both_sides_kinds(tmp_path, policy):
   assert types == {"a": False, "b": schema_pb2.INT, "x": schema_pb2.INT}
   kinds = {parse(r).features.feature["a"].WhichOneof("kind") for r in read_tfrecords(summary["shards"])}
   assert kinds == ({"int64_list", "float_list"} if policy == "left" else {"float_list"})
+
+
+def test_dry_run_shows_the_plan_and_every_problem_with_its_fix(inputs, tmp_path, capsys):
+  # Three problems at once: 'id' on both sides under --collision error, too many pairs, an unknown feature.
+  flags = ["--dry_run", "--max_pairs", "10", "--left_features", "id,nope"]
+  assert cli.main(_job(inputs, tmp_path / "pairs", *flags)) == 0
+  text = capsys.readouterr().out
+  assert "pairs:          35" in text and "cell grid:" in text
+  assert "collisions:     1 name(s) on both sides, which --collision error refuses: id" in text
+  problems = [line for line in text.splitlines() if line.startswith("problem:")]
+  assert problems == [
+      "problem:        --left_features names 'nope', which no left record has",
+      "problem:        the job would write 35 pairs (7 x 5 records), more than --max_pairs 10; raise --max_pairs "
+      "to allow it",
+      "problem:        1 feature name(s) exist on both sides: 'id'; choose how to merge them with --collision "
+      "prefix|left|right",
+  ]
+  assert text.rstrip().endswith("the job would fail: each problem above names the flag that fixes it")
+  assert not (tmp_path / "pairs-summary.json").exists()
+  # The real run still fails, on the first of them.
+  assert cli.main(_job(inputs, tmp_path / "pairs", *flags[1:])) == 2
+  assert "--left_features names 'nope'" in capsys.readouterr().err
