@@ -57,3 +57,40 @@ def gcs_prefix(gcs_emulator, request):
   trailing slash)."""
   name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
   return f"gs://{gcs_emulator.bucket}/{name}-{uuid.uuid4().hex[:8]}"
+
+
+# --- The Airflow virtualenv (tests/test_airflow.py) installs in the background while the other tests run. ---
+
+import subprocess  # noqa: E402
+
+_AIRFLOW_TESTS = "test_airflow.py"
+_airflow_install = None
+
+
+def pytest_collection_modifyitems(session, config, items):
+  """Puts the Airflow tests last and, when their virtualenv is missing or out of date, starts installing it
+  now (pip, a minute or more on a fresh clone), so that it overlaps the other tests instead of adding to them;
+  the tests' own ``_ensure_airflow_venv`` waits on the same lock."""
+  global _airflow_install  # pylint: disable=global-statement
+  items.sort(key=lambda item: item.fspath.basename == _AIRFLOW_TESTS)  # stable: the rest keep their order
+  if not any(item.fspath.basename == _AIRFLOW_TESTS for item in items):
+    return
+  from tests import test_airflow  # pylint: disable=import-outside-toplevel
+  if test_airflow.airflow_venv_ready():
+    return
+  log = os.path.join(_ROOT, ".venv-airflow.log")
+  with open(log, "w", encoding="utf-8") as out:
+    _airflow_install = subprocess.Popen(
+        [sys.executable, "-c", "from tests import test_airflow; test_airflow._ensure_airflow_venv()"],
+        cwd=_ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+  reporter = config.pluginmanager.get_plugin("terminalreporter")
+  if reporter is not None:
+    reporter.write_line(f"installing Airflow's test virtualenv in the background (pid {_airflow_install.pid}, "
+                        f"log {log}); its tests run last")
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """Never leaves the installer behind: stopped by its pid (its process group) if it is still running."""
+  if _airflow_install is not None and _airflow_install.poll() is None:
+    os.killpg(_airflow_install.pid, 15)
+    _airflow_install.wait(timeout=60)

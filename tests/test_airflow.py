@@ -63,6 +63,15 @@ def _install_key() -> str:
   return hashlib.sha256(repr((REQUIREMENTS, sys.version_info[:2])).encode() + constraints).hexdigest()
 
 
+def airflow_venv_ready() -> bool:
+  """Whether the Airflow virtualenv exists and was installed from today's requirements and constraints."""
+  marker = os.path.join(VENV, ".installed")
+  if not (os.path.exists(os.path.join(VENV, "bin", "python")) and os.path.exists(marker)):
+    return False
+  with open(marker, encoding="utf-8") as f:
+    return f.read().strip() == _install_key()
+
+
 def _ensure_airflow_venv() -> str:
   """The python of the Airflow virtualenv, created or rebuilt when missing or out of date."""
   python = os.path.join(VENV, "bin", "python")
@@ -72,10 +81,8 @@ def _ensure_airflow_venv() -> str:
                            hashlib.sha256(VENV.encode()).hexdigest()[:12] + ".lock")
   with open(lock_path, "w", encoding="utf-8") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # two test sessions at once: one installs, the other waits
-    if os.path.exists(python) and os.path.exists(marker):
-      with open(marker, encoding="utf-8") as f:
-        if f.read().strip() == key:
-          return python
+    if airflow_venv_ready():
+      return python
     shutil.rmtree(VENV, ignore_errors=True)
     _run([sys.executable, "-m", "venv", VENV], timeout=300)
     pip = [python, "-m", "pip", "--disable-pip-version-check", "--no-input"]
