@@ -185,6 +185,16 @@ def _check_beam_flags(parser: argparse.ArgumentParser, beam_args: List[str]) -> 
   _check_runner(beam_options.runner)
 
 
+def _check_prefix(output: str) -> None:
+  """The prefix must end in a file name part: ``out/`` would name the shards ``out/-00000-of-00001.tfrecord``
+  and an existing folder ``out`` would put them beside it as ``out-00000-...``, neither what was meant."""
+  shards = "shards are PREFIX-00000-of-00001.tfrecord"
+  if output.endswith("/"):
+    raise JobError(f"--output {output!r} ends with '/': give a prefix such as {output}pairs ({shards})")
+  if FileSystems.get_scheme(output) is None and os.path.isdir(output):
+    raise JobError(f"--output {output!r} is a directory: give a prefix inside it such as {output}/pairs ({shards})")
+
+
 def _check_output(args, patterns: List[str], inputs: List[str]) -> None:
   """Refuses an output that would clobber an earlier run, a live run or an input, before reading anything.
 
@@ -281,6 +291,7 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None)
   args, beam_args = parser.parse_known_args(argv)
   _check_beam_flags(parser, beam_args)
   args.output = outputs.normalize(args.output)
+  _check_prefix(args.output)
   if args.right and args.self_join:
     raise JobError("--self_join applies only when --right is omitted")
   left_patterns, right_patterns = sources.split_patterns(args.left), sources.split_patterns(args.right or "")
