@@ -370,9 +370,17 @@ def main(argv: Optional[List[str]] = None) -> int:
       raise
     print(f"error: {message}", file=sys.stderr)
     return 2
-  if summary is not None and "dry_run" in summary:
-    print(describe.to_text(summary["dry_run"]))
-  elif summary is not None:
-    print(f"wrote {summary['pairs']:,} pairs in {len(summary['shards'])} shard(s) under {summary['output']}-*")
-    print(json.dumps({k: v for k, v in summary.items() if k != "corrupt"}, indent=2, sort_keys=True))
+  try:
+    if summary is not None and "dry_run" in summary:
+      print(describe.to_text(summary["dry_run"]))
+    elif summary is not None:
+      print(f"wrote {summary['pairs']:,} pairs in {len(summary['shards'])} shard(s) under {summary['output']}-*")
+      print(json.dumps({k: v for k, v in summary.items() if k != "corrupt"}, indent=2, sort_keys=True))
+    sys.stdout.flush()
+  except BrokenPipeError:
+    # The reader left (``| head -1``). The job has finished and published by now; stop writing quietly, as Unix
+    # tools do, with what Python's "Note on SIGPIPE" suggests: stdout onto devnull, so the flush at exit fails
+    # no more, and status 1.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
   return 0

@@ -4,12 +4,18 @@ Refusals are checked through ``beam_job.cli.main``: exit status 2, exactly one l
 nothing on stdout, and nothing written.
 """
 
+import json
 import os
+import shlex
+import subprocess
+import sys
 
 import pytest
 
 from beam_job import cli
-from tests.helpers import make_example, write_tfrecord
+from tests.helpers import make_example, read_tfrecords, write_tfrecord
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SHARDS = "shards are PREFIX-00000-of-00001.tfrecord"
 
@@ -54,3 +60,37 @@ def test_output_naming_an_existing_folder_is_refused(left, tmp_path, capsys, ext
   _refused(capsys, ["--left", left, "--output", str(out), "--collision", "left", *extra],
            f"--output {str(out)!r} is a directory: give a prefix inside it such as {out}/pairs ({SHARDS})")
   assert not os.listdir(out) and sorted(os.listdir(tmp_path)) == ["in", "out"]
+
+
+def _piped(argv, reader, tmp_path):
+  """Runs the job in a real shell pipeline ``python -m beam_job ... | reader``: returns the job's own exit
+  status, what the reader printed and the job's stderr."""
+  err = tmp_path / "stderr.txt"
+  job = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "beam_job", *argv])
+  proc = subprocess.run(["bash", "-c", f"{job} 2>{shlex.quote(str(err))} | {reader}; exit ${{PIPESTATUS[0]}}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  return proc.returncode, proc.stdout, err.read_text()
+
+
+@pytest.mark.parametrize("reader", ["head -1", "head -c 0"])
+def test_output_piped_into_head_ends_quietly_after_publishing(left, tmp_path, reader):
+  """``head -c 0`` leaves before the job prints, so its first write meets a closed pipe every time; ``head -1``
+  reads the first line. Either way no traceback, and the job's output is complete."""
+  prefix = str(tmp_path / "out" / "pairs")
+  rc, out, err = _piped(["--left", left, "--output", prefix, "--collision", "left"], reader, tmp_path)
+  assert "Traceback" not in err and "BrokenPipeError" not in err, err[-3000:]
+  if reader == "head -1":  # 0 when head read all before leaving, 1 when the job wrote after: a race
+    assert (rc in (0, 1), out) == (True, f"wrote 9 pairs in 1 shard(s) under {prefix}-*\n")
+  else:
+    assert (rc, out) == (1, "")
+  with open(f"{prefix}-summary.json", encoding="utf-8") as f:
+    summary = json.load(f)
+  assert (summary["pairs"], len(read_tfrecords(summary["shards"]))) == (9, 9)
+
+
+def test_dry_run_piped_into_a_reader_that_left_ends_quietly(left, tmp_path):
+  rc, out, err = _piped(["--left", left, "--output", str(tmp_path / "out" / "pairs"), "--collision", "left",
+                         "--dry_run"], "head -c 0", tmp_path)
+  assert (rc, out) == (1, "")
+  assert "Traceback" not in err and "BrokenPipeError" not in err, err[-3000:]
+  assert not os.path.exists(tmp_path / "out")
