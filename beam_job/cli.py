@@ -297,9 +297,12 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None)
   left_patterns, right_patterns = sources.split_patterns(args.left), sources.split_patterns(args.right or "")
   if args.right is not None and not right_patterns:
     raise JobError("--right names no file pattern; omit it to pair --left with itself")
-  inputs = sources.match_files(left_patterns, "--left")
-  if args.right:
-    inputs += sources.match_files(right_patterns, "--right")
+  inputs = []
+  for flag, side_patterns in (("--left", left_patterns), ("--right", right_patterns if args.right else None)):
+    if side_patterns is not None:
+      sizes = sources.match_sizes(side_patterns, flag)
+      inputs += sorted(sizes)
+      _warn_empty(flag, sorted(path for path, size in sizes.items() if size == 0))
   for path in inputs:
     sources.check_supported(path, args.compression)
   patterns = left_patterns + right_patterns
@@ -331,6 +334,16 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None)
     raise
   with FileSystems.open(outputs.summary_path(args.output)) as f:
     return json.loads(f.read())
+
+
+def _warn_empty(flag: str, empty: List[str]) -> None:
+  """One line for the inputs of 0 bytes: the job runs (they may be placeholders) but yields no pairs of them,
+  which is easy to miss in a summary. Only size 0 is caught here; a compressed file of no records is not."""
+  if not empty:
+    return
+  named = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+  verb = "holds" if len(empty) == 1 else "hold"
+  print(f"warning: {flag} input{'s' if len(empty) > 1 else ''} {named} {verb} no records (0 bytes)", file=sys.stderr)
 
 
 def _abandon(output: str, token: str) -> None:

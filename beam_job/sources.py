@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import zlib
-from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
@@ -43,9 +43,14 @@ def match_files(patterns: Sequence[str], flag: str) -> List[str]:
   A pattern that matches nothing is an error, and so is a local path it matches that cannot be read as a file
   (see ``_not_files``).
   """
+  return sorted(match_sizes(patterns, flag))
+
+
+def match_sizes(patterns: Sequence[str], flag: str) -> Dict[str, int]:
+  """``match_files`` with each file's size in bytes, as the listing gave it (no extra request per file)."""
   if not patterns:
     raise JobError(f"{flag} names no file pattern")
-  paths = set()
+  paths = {}
   for pattern in patterns:
     bad = _not_files(pattern)
     if bad:
@@ -58,8 +63,8 @@ def match_files(patterns: Sequence[str], flag: str) -> List[str]:
       raise JobError(f"{flag} pattern {pattern!r} cannot be read: {e}") from None
     if not found:
       raise JobError(f"{flag} pattern {pattern!r} matches no file")
-    paths.update(meta.path for meta in found)
-  return sorted(paths)
+    paths.update((meta.path, meta.size_in_bytes) for meta in found)
+  return paths
 
 
 _SPECIAL = ((stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file: the job reads each input more than "

@@ -94,3 +94,38 @@ def test_dry_run_piped_into_a_reader_that_left_ends_quietly(left, tmp_path):
   assert (rc, out) == (1, "")
   assert "Traceback" not in err and "BrokenPipeError" not in err, err[-3000:]
   assert not os.path.exists(tmp_path / "out")
+
+
+def _empty(path):
+  open(path, "wb").close()
+  return str(path)
+
+
+def test_an_empty_input_is_named_in_one_warning_and_the_job_succeeds(left, tmp_path, capsys):
+  empty = _empty(tmp_path / "in" / "empty.tfrecord")
+  prefix = str(tmp_path / "out" / "pairs")
+  capsys.readouterr()
+  assert cli.main(["--left", left, "--right", empty, "--output", prefix]) == 0
+  captured = capsys.readouterr()
+  assert captured.err == f"warning: --right input {empty} holds no records (0 bytes)\n"
+  assert captured.out.splitlines()[0] == f"wrote 0 pairs in 1 shard(s) under {prefix}-*"
+  with open(f"{prefix}-summary.json", encoding="utf-8") as f:
+    summary = json.load(f)
+  assert (summary["left_records"], summary["right_records"], summary["pairs"]) == (3, 0, 0)
+
+
+def test_several_empty_inputs_make_one_line_per_flag(tmp_path, capsys):
+  os.makedirs(tmp_path / "in")
+  empties = [_empty(tmp_path / "in" / f"{k}.tfrecord") for k in range(5)]
+  capsys.readouterr()
+  assert cli.main(["--left", str(tmp_path / "in" / "*.tfrecord"), "--output", str(tmp_path / "out" / "pairs"),
+                   "--dry_run"]) == 0
+  named = ", ".join(empties[:3])
+  assert capsys.readouterr().err == f"warning: --left inputs {named} and 2 more hold no records (0 bytes)\n"
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_no_warning_when_every_input_holds_bytes(left, tmp_path, capsys):
+  capsys.readouterr()
+  assert cli.main(["--left", left, "--output", str(tmp_path / "out" / "pairs"), "--collision", "left"]) == 0
+  assert capsys.readouterr().err == ""
