@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from beam_job import cli
 from tests.helpers import make_example, read_tfrecords, write_tfrecord
@@ -129,3 +130,24 @@ def test_no_warning_when_every_input_holds_bytes(left, tmp_path, capsys):
   capsys.readouterr()
   assert cli.main(["--left", left, "--output", str(tmp_path / "out" / "pairs"), "--collision", "left"]) == 0
   assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("extra, prefixes", [
+    ([], ("", "")),
+    (["--collision", "left", "--left_prefix", "L_", "--right_prefix", "R_"], ("", "")),
+    (["--collision", "prefix"], ("left_", "right_")),
+    (["--collision", "prefix", "--left_prefix", "L_", "--right_prefix", ""], ("L_", "")),
+], ids=["default", "prefixes_given_but_not_used", "prefix_defaults", "prefix_given"])
+def test_summary_options_show_the_prefixes_actually_used(left, tmp_path, capsys, extra, prefixes):
+  """The prefixes rename features only under --collision prefix; otherwise the summary says none were used."""
+  right = write_tfrecord(str(tmp_path / "in" / "items.tfrecord"), [make_example({"r": [k]}) for k in range(2)])
+  prefix = str(tmp_path / "out" / "pairs")
+  assert cli.main(["--left", left, "--right", right, "--output", prefix, *extra]) == 0
+  with open(f"{prefix}-summary.json", encoding="utf-8") as f:
+    options = json.load(f)["options"]
+  assert (options["left_prefix"], options["right_prefix"]) == prefixes
+  names = {name for record in read_tfrecords([f"{prefix}-00000-of-00001.tfrecord"])
+           for name in tf.train.Example.FromString(record).features.feature}
+  assert names == {prefixes[0] + "u", prefixes[1] + "r"}
+  capsys.readouterr()
+
