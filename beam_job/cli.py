@@ -119,7 +119,8 @@ def make_parser() -> argparse.ArgumentParser:
                       help="File pattern(s) of the right dataset, as --left; omitted: pair --left with itself.")
   parser.add_argument("--output", required=True, help="Output prefix: PREFIX-SSSSS-of-NNNNN.tfrecord.")
   parser.add_argument("--compression", default="auto", choices=sources.COMPRESSIONS,
-                      help="Input compression; auto decides by file extension (.gz, .zlib, .deflate).")
+                      help="Input compression; auto decides by file extension (" + sources.detected_suffixes() +
+                      "), other names are read uncompressed.")
   parser.add_argument("--output_compression", default="uncompressed", choices=transforms.OUTPUT_COMPRESSIONS)
   parser.add_argument("--collision", default="error", choices=transforms.COLLISIONS,
                       help="What to do with a feature name present on both sides.")

@@ -28,6 +28,16 @@ _SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".zlib": "zlib", ".deflate": "zlib"
              ".xz": "lzma", ".zst": "zstd", ".zstd": "zstd"}
 
 
+def detected_suffixes() -> str:
+  """What ``--compression auto`` does with each extension, for ``--help`` (made from ``_SUFFIXES``, so the two
+  cannot drift apart): ``.gz, .gzip -> gzip; ...``."""
+  kinds = {}
+  for suffix, kind in _SUFFIXES.items():
+    kinds.setdefault(kind, []).append(suffix)
+  return "; ".join(", ".join(suffixes) + " -> " + (f"{kind} (refused)" if kind == "zstd" else kind)
+                   for kind, suffixes in kinds.items())
+
+
 def absolute(path: str) -> str:
   """Local paths made absolute (Beam cannot list the folder of a bare ``*.tfrecord``); URLs as they are."""
   return os.path.abspath(path) if FileSystems.get_scheme(path) is None else path

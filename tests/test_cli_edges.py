@@ -5,6 +5,7 @@ nothing on stdout, and nothing written.
 """
 
 import json
+import re
 import os
 import shlex
 import subprocess
@@ -13,7 +14,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from beam_job import cli
+from beam_job import cli, sources
 from tests.helpers import make_example, read_tfrecords, write_tfrecord
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,3 +152,17 @@ def test_summary_options_show_the_prefixes_actually_used(left, tmp_path, capsys,
   assert names == {prefixes[0] + "u", prefixes[1] + "r"}
   capsys.readouterr()
 
+
+
+def test_compression_help_lists_every_extension_auto_detects(capsys):
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as info:
+    cli.main(["--help"])
+  assert info.value.code == 0
+  out = capsys.readouterr().out
+  text = " ".join(out[out.index("\n  --compression "):out.index("\n  --output_compression ")].split())
+  assert set(re.findall(r"\.[a-z0-9]+\b", text)) >= set(sources._SUFFIXES)  # pylint: disable=protected-access
+  for suffix, kind in sources._SUFFIXES.items():  # pylint: disable=protected-access
+    assert re.search(re.escape(suffix) + r"(, \.[a-z0-9]+)* -> " + kind, text), (suffix, text)
+  assert "(.gz, .gzip -> gzip; .zlib, .deflate -> zlib; .bz2 -> bzip2; .lzma, .xz -> lzma; .zst, .zstd -> zstd " \
+         "(refused)), other names are read uncompressed." in text
