@@ -119,7 +119,8 @@ def make_parser() -> argparse.ArgumentParser:
                       help="File pattern(s) of the right dataset, as --left; omitted: pair --left with itself.")
   parser.add_argument("--output", required=True, help="Output prefix: PREFIX-SSSSS-of-NNNNN.tfrecord.")
   parser.add_argument("--compression", default="auto", choices=sources.COMPRESSIONS,
-                      help="Input compression; auto decides by file extension (.gz, .zlib, .deflate).")
+                      help="Input compression; auto decides by file extension (" + sources.detected_suffixes() +
+                      "), other names are read uncompressed.")
   parser.add_argument("--output_compression", default="uncompressed", choices=transforms.OUTPUT_COMPRESSIONS)
   parser.add_argument("--collision", default="error", choices=transforms.COLLISIONS,
                       help="What to do with a feature name present on both sides.")
@@ -183,6 +184,16 @@ def _check_beam_flags(parser: argparse.ArgumentParser, beam_args: List[str]) -> 
     close = extending if len(extending) == 1 else difflib.get_close_matches(flag, known, n=1, cutoff=0.8)
     raise JobError(f"unknown flag {flag}" + (f"; did you mean {close[0]}?" if close else ""))
   _check_runner(beam_options.runner)
+
+
+def _check_prefix(output: str) -> None:
+  """The prefix must end in a file name part: ``out/`` would name the shards ``out/-00000-of-00001.tfrecord``
+  and an existing folder ``out`` would put them beside it as ``out-00000-...``, neither what was meant."""
+  shards = "shards are PREFIX-00000-of-00001.tfrecord"
+  if output.endswith("/"):
+    raise JobError(f"--output {output!r} ends with '/': give a prefix such as {output}pairs ({shards})")
+  if FileSystems.get_scheme(output) is None and os.path.isdir(output):
+    raise JobError(f"--output {output!r} is a directory: give a prefix inside it such as {output}/pairs ({shards})")
 
 
 def _check_output(args, patterns: List[str], inputs: List[str]) -> None:
@@ -281,14 +292,18 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None)
   args, beam_args = parser.parse_known_args(argv)
   _check_beam_flags(parser, beam_args)
   args.output = outputs.normalize(args.output)
+  _check_prefix(args.output)
   if args.right and args.self_join:
     raise JobError("--self_join applies only when --right is omitted")
   left_patterns, right_patterns = sources.split_patterns(args.left), sources.split_patterns(args.right or "")
   if args.right is not None and not right_patterns:
     raise JobError("--right names no file pattern; omit it to pair --left with itself")
-  inputs = sources.match_files(left_patterns, "--left")
-  if args.right:
-    inputs += sources.match_files(right_patterns, "--right")
+  inputs = []
+  for flag, side_patterns in (("--left", left_patterns), ("--right", right_patterns if args.right else None)):
+    if side_patterns is not None:
+      sizes = sources.match_sizes(side_patterns, flag)
+      inputs += sorted(sizes)
+      _warn_empty(flag, sorted(path for path, size in sizes.items() if size == 0))
   for path in inputs:
     sources.check_supported(path, args.compression)
   patterns = left_patterns + right_patterns
@@ -320,6 +335,16 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None)
     raise
   with FileSystems.open(outputs.summary_path(args.output)) as f:
     return json.loads(f.read())
+
+
+def _warn_empty(flag: str, empty: List[str]) -> None:
+  """One line for the inputs of 0 bytes: the job runs (they may be placeholders) but yields no pairs of them,
+  which is easy to miss in a summary. Only size 0 is caught here; a compressed file of no records is not."""
+  if not empty:
+    return
+  named = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+  verb = "holds" if len(empty) == 1 else "hold"
+  print(f"warning: {flag} input{'s' if len(empty) > 1 else ''} {named} {verb} no records (0 bytes)", file=sys.stderr)
 
 
 def _abandon(output: str, token: str) -> None:
@@ -359,9 +384,17 @@ def main(argv: Optional[List[str]] = None) -> int:
       raise
     print(f"error: {message}", file=sys.stderr)
     return 2
-  if summary is not None and "dry_run" in summary:
-    print(describe.to_text(summary["dry_run"]))
-  elif summary is not None:
-    print(f"wrote {summary['pairs']:,} pairs in {len(summary['shards'])} shard(s) under {summary['output']}-*")
-    print(json.dumps({k: v for k, v in summary.items() if k != "corrupt"}, indent=2, sort_keys=True))
+  try:
+    if summary is not None and "dry_run" in summary:
+      print(describe.to_text(summary["dry_run"]))
+    elif summary is not None:
+      print(f"wrote {summary['pairs']:,} pairs in {len(summary['shards'])} shard(s) under {summary['output']}-*")
+      print(json.dumps({k: v for k, v in summary.items() if k != "corrupt"}, indent=2, sort_keys=True))
+    sys.stdout.flush()
+  except BrokenPipeError:
+    # The reader left (``| head -1``). The job has finished and published by now; stop writing quietly, as Unix
+    # tools do, with what Python's "Note on SIGPIPE" suggests: stdout onto devnull, so the flush at exit fails
+    # no more, and status 1.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
   return 0

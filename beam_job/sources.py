@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import zlib
-from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
@@ -26,6 +26,16 @@ COMPRESSIONS = ("auto", "uncompressed", "gzip", "zlib")
 # Beam's extensions (``CompressionTypes.detect_compression_type``) and the usual ones of xz.
 _SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".zlib": "zlib", ".deflate": "zlib", ".bz2": "bzip2", ".lzma": "lzma",
              ".xz": "lzma", ".zst": "zstd", ".zstd": "zstd"}
+
+
+def detected_suffixes() -> str:
+  """What ``--compression auto`` does with each extension, for ``--help`` (made from ``_SUFFIXES``, so the two
+  cannot drift apart): ``.gz, .gzip -> gzip; ...``."""
+  kinds = {}
+  for suffix, kind in _SUFFIXES.items():
+    kinds.setdefault(kind, []).append(suffix)
+  return "; ".join(", ".join(suffixes) + " -> " + (f"{kind} (refused)" if kind == "zstd" else kind)
+                   for kind, suffixes in kinds.items())
 
 
 def absolute(path: str) -> str:
@@ -43,9 +53,14 @@ def match_files(patterns: Sequence[str], flag: str) -> List[str]:
   A pattern that matches nothing is an error, and so is a local path it matches that cannot be read as a file
   (see ``_not_files``).
   """
+  return sorted(match_sizes(patterns, flag))
+
+
+def match_sizes(patterns: Sequence[str], flag: str) -> Dict[str, int]:
+  """``match_files`` with each file's size in bytes, as the listing gave it (no extra request per file)."""
   if not patterns:
     raise JobError(f"{flag} names no file pattern")
-  paths = set()
+  paths = {}
   for pattern in patterns:
     bad = _not_files(pattern)
     if bad:
@@ -58,8 +73,8 @@ def match_files(patterns: Sequence[str], flag: str) -> List[str]:
       raise JobError(f"{flag} pattern {pattern!r} cannot be read: {e}") from None
     if not found:
       raise JobError(f"{flag} pattern {pattern!r} matches no file")
-    paths.update(meta.path for meta in found)
-  return sorted(paths)
+    paths.update((meta.path, meta.size_in_bytes) for meta in found)
+  return paths
 
 
 _SPECIAL = ((stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file: the job reads each input more than "

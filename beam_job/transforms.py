@@ -494,6 +494,9 @@ class PairOptions:
             "index_names": self.index_names(), "sample_rate": self.sample_rate}
 
   def summary(self, self_join: Optional[str]) -> dict:
+    """The summary's ``options``: what the run did, not the flags as typed. ``left_prefix``/``right_prefix`` are
+    the prefixes the features were renamed with, so both are ``""`` unless ``--collision prefix`` (the flags'
+    defaults ``left_``/``right_`` apply only then); ``self_join`` is ``""`` when --right was given."""
     return {"collision": self.collision, "left_prefix": self.prefixes[0], "right_prefix": self.prefixes[1],
             "self_join": self_join or "", "output_compression": self.output_compression,
             "target_shard_mb": self.target_shard_mb, "sample_rate": self.sample_rate, "seed": self.seed,

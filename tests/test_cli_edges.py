@@ -1,0 +1,168 @@
+"""Small edges of the command line (issue 12): each a one-line refusal, a warning or a quiet exit.
+
+Refusals are checked through ``beam_job.cli.main``: exit status 2, exactly one line ``error: ...`` on stderr,
+nothing on stdout, and nothing written.
+"""
+
+import json
+import re
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from beam_job import cli, sources
+from tests.helpers import make_example, read_tfrecords, write_tfrecord
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SHARDS = "shards are PREFIX-00000-of-00001.tfrecord"
+
+
+@pytest.fixture(name="left")
+def _left(tmp_path):
+  """One input of 3 records, alone in its own folder so that nothing else is written there."""
+  os.makedirs(tmp_path / "in")
+  return write_tfrecord(str(tmp_path / "in" / "users.tfrecord"), [make_example({"u": [k]}) for k in range(3)])
+
+
+def _refused(capsys, argv, message):
+  capsys.readouterr()
+  rc = cli.main(argv)
+  captured = capsys.readouterr()
+  assert (rc, captured.out, captured.err) == (2, "", f"error: {message}\n")
+
+
+@pytest.mark.parametrize("extra", [[], ["--dry_run"]], ids=["run", "dry_run"])
+def test_output_ending_in_a_slash_is_refused(left, tmp_path, capsys, extra):
+  out = str(tmp_path / "out") + "/"
+  _refused(capsys, ["--left", left, "--output", out, "--collision", "left", *extra],
+           f"--output {out!r} ends with '/': give a prefix such as {out}pairs ({SHARDS})")
+  assert not os.path.exists(out)
+
+
+def test_output_ending_in_repeated_slashes_is_refused(left, tmp_path, capsys):
+  out = str(tmp_path / "out")
+  _refused(capsys, ["--left", left, "--output", out + "//", "--collision", "left"],
+           f"--output {out + '/'!r} ends with '/': give a prefix such as {out}/pairs ({SHARDS})")
+
+
+def test_gcs_output_ending_in_a_slash_is_refused_before_anything_is_read(left, capsys):
+  _refused(capsys, ["--left", left, "--output", "gs://bucket/out/", "--collision", "left"],
+           f"--output 'gs://bucket/out/' ends with '/': give a prefix such as gs://bucket/out/pairs ({SHARDS})")
+
+
+@pytest.mark.parametrize("extra", [[], ["--dry_run"]], ids=["run", "dry_run"])
+def test_output_naming_an_existing_folder_is_refused(left, tmp_path, capsys, extra):
+  out = tmp_path / "out"
+  os.makedirs(out)
+  _refused(capsys, ["--left", left, "--output", str(out), "--collision", "left", *extra],
+           f"--output {str(out)!r} is a directory: give a prefix inside it such as {out}/pairs ({SHARDS})")
+  assert not os.listdir(out) and sorted(os.listdir(tmp_path)) == ["in", "out"]
+
+
+def _piped(argv, reader, tmp_path):
+  """Runs the job in a real shell pipeline ``python -m beam_job ... | reader``: returns the job's own exit
+  status, what the reader printed and the job's stderr."""
+  err = tmp_path / "stderr.txt"
+  job = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "beam_job", *argv])
+  proc = subprocess.run(["bash", "-c", f"{job} 2>{shlex.quote(str(err))} | {reader}; exit ${{PIPESTATUS[0]}}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  return proc.returncode, proc.stdout, err.read_text()
+
+
+@pytest.mark.parametrize("reader", ["head -1", "head -c 0"])
+def test_output_piped_into_head_ends_quietly_after_publishing(left, tmp_path, reader):
+  """``head -c 0`` leaves before the job prints, so its first write meets a closed pipe every time; ``head -1``
+  reads the first line. Either way no traceback, and the job's output is complete."""
+  prefix = str(tmp_path / "out" / "pairs")
+  rc, out, err = _piped(["--left", left, "--output", prefix, "--collision", "left"], reader, tmp_path)
+  assert "Traceback" not in err and "BrokenPipeError" not in err, err[-3000:]
+  if reader == "head -1":  # 0 when head read all before leaving, 1 when the job wrote after: a race
+    assert (rc in (0, 1), out) == (True, f"wrote 9 pairs in 1 shard(s) under {prefix}-*\n")
+  else:
+    assert (rc, out) == (1, "")
+  with open(f"{prefix}-summary.json", encoding="utf-8") as f:
+    summary = json.load(f)
+  assert (summary["pairs"], len(read_tfrecords(summary["shards"]))) == (9, 9)
+
+
+def test_dry_run_piped_into_a_reader_that_left_ends_quietly(left, tmp_path):
+  rc, out, err = _piped(["--left", left, "--output", str(tmp_path / "out" / "pairs"), "--collision", "left",
+                         "--dry_run"], "head -c 0", tmp_path)
+  assert (rc, out) == (1, "")
+  assert "Traceback" not in err and "BrokenPipeError" not in err, err[-3000:]
+  assert not os.path.exists(tmp_path / "out")
+
+
+def _empty(path):
+  open(path, "wb").close()
+  return str(path)
+
+
+def test_an_empty_input_is_named_in_one_warning_and_the_job_succeeds(left, tmp_path, capsys):
+  empty = _empty(tmp_path / "in" / "empty.tfrecord")
+  prefix = str(tmp_path / "out" / "pairs")
+  capsys.readouterr()
+  assert cli.main(["--left", left, "--right", empty, "--output", prefix]) == 0
+  captured = capsys.readouterr()
+  assert captured.err == f"warning: --right input {empty} holds no records (0 bytes)\n"
+  assert captured.out.splitlines()[0] == f"wrote 0 pairs in 1 shard(s) under {prefix}-*"
+  with open(f"{prefix}-summary.json", encoding="utf-8") as f:
+    summary = json.load(f)
+  assert (summary["left_records"], summary["right_records"], summary["pairs"]) == (3, 0, 0)
+
+
+def test_several_empty_inputs_make_one_line_per_flag(tmp_path, capsys):
+  os.makedirs(tmp_path / "in")
+  empties = [_empty(tmp_path / "in" / f"{k}.tfrecord") for k in range(5)]
+  capsys.readouterr()
+  assert cli.main(["--left", str(tmp_path / "in" / "*.tfrecord"), "--output", str(tmp_path / "out" / "pairs"),
+                   "--dry_run"]) == 0
+  named = ", ".join(empties[:3])
+  assert capsys.readouterr().err == f"warning: --left inputs {named} and 2 more hold no records (0 bytes)\n"
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_no_warning_when_every_input_holds_bytes(left, tmp_path, capsys):
+  capsys.readouterr()
+  assert cli.main(["--left", left, "--output", str(tmp_path / "out" / "pairs"), "--collision", "left"]) == 0
+  assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("extra, prefixes", [
+    ([], ("", "")),
+    (["--collision", "left", "--left_prefix", "L_", "--right_prefix", "R_"], ("", "")),
+    (["--collision", "prefix"], ("left_", "right_")),
+    (["--collision", "prefix", "--left_prefix", "L_", "--right_prefix", ""], ("L_", "")),
+], ids=["default", "prefixes_given_but_not_used", "prefix_defaults", "prefix_given"])
+def test_summary_options_show_the_prefixes_actually_used(left, tmp_path, capsys, extra, prefixes):
+  """The prefixes rename features only under --collision prefix; otherwise the summary says none were used."""
+  right = write_tfrecord(str(tmp_path / "in" / "items.tfrecord"), [make_example({"r": [k]}) for k in range(2)])
+  prefix = str(tmp_path / "out" / "pairs")
+  assert cli.main(["--left", left, "--right", right, "--output", prefix, *extra]) == 0
+  with open(f"{prefix}-summary.json", encoding="utf-8") as f:
+    options = json.load(f)["options"]
+  assert (options["left_prefix"], options["right_prefix"]) == prefixes
+  names = {name for record in read_tfrecords([f"{prefix}-00000-of-00001.tfrecord"])
+           for name in tf.train.Example.FromString(record).features.feature}
+  assert names == {prefixes[0] + "u", prefixes[1] + "r"}
+  capsys.readouterr()
+
+
+
+def test_compression_help_lists_every_extension_auto_detects(capsys):
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as info:
+    cli.main(["--help"])
+  assert info.value.code == 0
+  out = capsys.readouterr().out
+  text = " ".join(out[out.index("\n  --compression "):out.index("\n  --output_compression ")].split())
+  assert set(re.findall(r"\.[a-z0-9]+\b", text)) >= set(sources._SUFFIXES)  # pylint: disable=protected-access
+  for suffix, kind in sources._SUFFIXES.items():  # pylint: disable=protected-access
+    assert re.search(re.escape(suffix) + r"(, \.[a-z0-9]+)* -> " + kind, text), (suffix, text)
+  assert "(.gz, .gzip -> gzip; .zlib, .deflate -> zlib; .bz2 -> bzip2; .lzma, .xz -> lzma; .zst, .zstd -> zstd " \
+         "(refused)), other names are read uncompressed." in text
