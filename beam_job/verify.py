@@ -211,7 +211,13 @@ def verify(argv: Optional[List[str]] = None) -> str:
   if not plan_cells and _count(names[0], args.output_compression):
     raise VerifyError(f"{names[0]} should be empty: the job has no pairs")
   with FileSystems.open(outputs.summary_path(args.output)) as f:
-    summary = json.loads(f.read())
+    text = f.read()
+  try:
+    summary = json.loads(text)
+  except ValueError as e:
+    raise VerifyError(f"{outputs.summary_path(args.output)} is not JSON ({e})") from None
+  if not isinstance(summary, dict):
+    raise VerifyError(f"{outputs.summary_path(args.output)} is not a JSON object")
   if summary.get("pairs") != total:
     raise VerifyError(f"the summary says {summary.get('pairs')} pairs, the shards hold {total}")
   how = "every record compared" if full or sampled else f"{len(compare)} of {len(plan_cells)} shards compared"

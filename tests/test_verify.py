@@ -181,3 +181,11 @@ def test_bad_deflate_data_in_a_gzip_shard_is_a_broken_stream(output, capsys):
   message = _failure(run, capsys)
   assert re.fullmatch(rf"verify failed: {re.escape(shards[0])}: the gzip stream is broken after record \d+: "
                       r"Error -3 while decompressing data: [^\n]+\n", message), message
+
+
+@pytest.mark.parametrize("text, problem", [("{not json", "is not JSON (Expecting property name"),
+                                           ("[1, 2]", "is not a JSON object")])
+def test_a_summary_that_is_not_a_json_object_is_a_verify_failure(text, problem, output, capsys):
+  prefix, _, run = output("grid")
+  _write(f"{prefix}-summary.json", text.encode())
+  assert _failure(run, capsys).startswith(f"verify failed: {prefix}-summary.json {problem}")
