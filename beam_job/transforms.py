@@ -178,11 +178,11 @@ class _PrepareFn(beam.DoFn):
 
 
 class _CountFn(beam.DoFn):
-  """Counts the elements where they are produced (it runs in their producer's stage, outputs nothing per
-  element): one ``(side, stage, count)`` per bundle, with no shuffle of its own."""
+  """Counts the records read where they are read (it runs in the reading stage, outputs nothing per element):
+  one ``(side, count)`` per bundle, with no shuffle of its own."""
 
-  def __init__(self, side: str, stage: str):
-    self._side, self._stage = side, stage
+  def __init__(self, side: str):
+    self._side = side
 
   def start_bundle(self):
     self._count = 0
@@ -192,7 +192,7 @@ class _CountFn(beam.DoFn):
     return ()
 
   def finish_bundle(self):
-    yield GlobalWindows.windowed_value((self._side, self._stage, self._count))
+    yield GlobalWindows.windowed_value((self._side, self._count))
 
 
 class _SideStatsFn(beam.CombineFn):
@@ -328,20 +328,20 @@ class _WriteCellFn(beam.DoFn):
            "left": len(left), "right": len(right)}
 
 
-def _check_results(plan: planning.Plan, results: List[dict], counts: dict, corrupt: int) -> None:
+def _check_results(plan: planning.Plan, results: List[dict], read: collections.Counter, corrupt: int) -> None:
   """Finalize publishes nothing unless every stage's count agrees: records read, good and corrupt records in
   the plan, corrupt records listed, and the records and pairs of every cell."""
-  corrupt_planned = {side: sum(len(indexes) for indexes in plan.bad[SIDES.index(side)].values()) for side in counts}
+  corrupt_planned = {side: sum(len(indexes) for indexes in plan.bad[SIDES.index(side)].values()) for side in read}
   if corrupt != sum(corrupt_planned.values()):
     raise RuntimeError(f"record accounting: {sum(corrupt_planned.values())} corrupt record(s) in the plan, "
                        f"{corrupt} reached the dead-letter list; the runner lost or duplicated records")
   for side, planned in zip(SIDES, (plan.left_count, plan.right_count)):
-    if side not in counts:
+    if side not in read:
       continue
-    read, bad = counts[side]["read"], corrupt_planned[side]
-    if read != planned + bad:
-      raise RuntimeError(f"record accounting, {side} side: {read} read, {planned} good + {bad} corrupt in the "
-                         "plan; the runner lost or duplicated records")
+    bad = corrupt_planned[side]
+    if read[side] != planned + bad:
+      raise RuntimeError(f"record accounting, {side} side: {read[side]} read, {planned} good + {bad} corrupt in "
+                         "the plan; the runner lost or duplicated records")
   shards = [r["shard"] for r in results]
   if shards != list(range(len(plan.cells))):
     raise RuntimeError(f"record accounting: the plan has {len(plan.cells)} cells, {len(results)} reported "
@@ -367,7 +367,10 @@ class _FinalizeFn(beam.DoFn):
     options, output, token = self._options, self._options.output, plan.run
     results = sorted(results, key=lambda r: r["shard"])
     corrupt = list(corrupt)
-    _check_results(plan, results, _by_side(counts), len(corrupt))
+    read = collections.Counter()
+    for side, count in counts:  # per bundle
+      read[side] += count
+    _check_results(plan, results, read, len(corrupt))
     folder = outputs.temp_dir(output, token)
     if not results:  # no pairs at all: still one (empty) shard, so readers of the prefix find a file
       path = sinks.attempt_path(folder, 0, 1)
@@ -408,14 +411,6 @@ class _FinalizeFn(beam.DoFn):
     summary_text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
     yield json.loads(publish.publish(output, token, lambda: publish.make_manifest(
         output, token, moves, texts, summary_text, options.overwrite)))
-
-
-def _by_side(counts) -> dict:
-  """``{side: {stage: records}}`` from the per-bundle ``(side, stage, records)`` counts."""
-  by_side = collections.defaultdict(collections.Counter)
-  for side, stage, count in counts:
-    by_side[side][stage] += count
-  return by_side
 
 
 @dataclasses.dataclass(frozen=True)
@@ -602,7 +597,7 @@ class CrossProduct(beam.PTransform):
                                             AsIter(broadcast)))
     corrupt = [left_side[1]] + ([right_side[1]] if right is not None else []) | "AllCorrupt" >> beam.Flatten()
     counted = [(left, "left")] + ([(right, "right")] if right is not None else [])
-    counts = ([records | f"Count{side.title()}Read" >> beam.ParDo(_CountFn(side, "read"))
+    counts = ([records | f"Count{side.title()}Read" >> beam.ParDo(_CountFn(side))
                for records, side in counted] | "AllCounts" >> beam.Flatten())
     return plan | "Finalize" >> beam.ParDo(_FinalizeFn(options, self_join), AsList(results), AsList(corrupt),
                                            AsList(counts), AsSingleton(left_side[2]), AsSingleton(right_side[2]))
