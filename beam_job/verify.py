@@ -17,7 +17,7 @@ import json
 import random
 import sys
 import zlib
-from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Iterator, List, Optional, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -60,17 +60,6 @@ def _ordered(records, plan: planning.Plan, side: int, index_name: Optional[str])
     ordinal = plan.ordinal(side, source, index)
     out.append((ordinal, examples.with_int64(prepared, index_name, ordinal) if index_name else prepared))
   return sorted(out, key=lambda m: m[0])
-
-
-def _cells(plan: planning.Plan) -> Sequence[Tuple[int, int, int]]:
-  """(row, col, pairs) of every non-empty cell, in shard order: the one place verify reads the plan's cells."""
-  return plan.cells
-
-
-def _columns(plan: planning.Plan, right: list, col: int) -> list:
-  """The right records of column ``col`` (broadcast cells cover a column range too): the one place a cell's
-  right side is cut from the whole."""
-  return right[col * plan.col_chunk:(col + 1) * plan.col_chunk]
 
 
 # Raised by a gzip stream whose bytes are damaged: a cut-off member, a bad CRC or length, bad deflate data.
@@ -193,7 +182,7 @@ def verify(argv: Optional[List[str]] = None) -> str:
     raise VerifyError(f"missing summary {outputs.summary_path(args.output)}: the run did not finish")
   sampled = plan.sample_rate < 1
   full = plan.pairs <= args.full_check_max
-  plan_cells = _cells(plan)
+  plan_cells = plan.cells
   compare = set(range(len(plan_cells))) if full else set(
       random.Random(args.verify_seed).sample(range(len(plan_cells)), min(args.sample_shards, len(plan_cells))))
   merge = {"self_join": self_join, "collision": args.collision, "collisions": plan.collisions,
@@ -205,8 +194,9 @@ def verify(argv: Optional[List[str]] = None) -> str:
       if count != pairs:
         raise VerifyError(f"{names[shard]} holds {count:,} records, expected {pairs:,}")
     else:
-      rows = left[row * plan.row_chunk:(row + 1) * plan.row_chunk]
-      count = _compare(names[shard], args.output_compression, rows, _columns(plan, right, col), merge)
+      rows, cols = plan.members(row, col)
+      count = _compare(names[shard], args.output_compression, left[rows.start:rows.stop],
+                       right[cols.start:cols.stop], merge)
     total += count
   if not plan_cells and _count(names[0], args.output_compression):
     raise VerifyError(f"{names[0]} should be empty: the job has no pairs")
