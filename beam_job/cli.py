@@ -108,12 +108,12 @@ class _Parser(argparse.ArgumentParser):
     raise JobError(message)
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(left_required: bool = True) -> argparse.ArgumentParser:
   # allow_abbrev=False: an abbreviated flag (--index for --index_features) is an error, as in Beam's parser.
   parser = _Parser(prog="python -m beam_job", allow_abbrev=False, description=(
       "Writes every pairwise combination of two TFRecord datasets of tf.train.Example, each pair merged into "
       "one Example. Other flags go to Beam's PipelineOptions; a flag neither knows is an error."))
-  parser.add_argument("--left", required=True, nargs="+", action=_Patterns,
+  parser.add_argument("--left", required=left_required, nargs="+", action=_Patterns,
                       help="File pattern(s) of the left dataset: one or more values, each comma-separated.")
   parser.add_argument("--right", nargs="+", action=_Patterns,
                       help="File pattern(s) of the right dataset, as --left; omitted: pair --left with itself.")
@@ -177,13 +177,19 @@ def _check_beam_flags(parser: argparse.ArgumentParser, beam_args: List[str]) -> 
   if unknown and not unknown[0].startswith("-"):
     raise JobError(f"unexpected argument {unknown[0]!r}: only --left and --right take several values")
   if unknown:
-    flag = unknown[0].split("=", 1)[0]
-    known = sorted({option for p in (parser, beam) for action in p._actions  # pylint: disable=protected-access
-                    for option in action.option_strings if option.startswith("--")})
-    extending = [name for name in known if name.startswith(flag)]  # an abbreviation
-    close = extending if len(extending) == 1 else difflib.get_close_matches(flag, known, n=1, cutoff=0.8)
-    raise JobError(f"unknown flag {flag}" + (f"; did you mean {close[0]}?" if close else ""))
+    raise JobError(unknown_flag(unknown[0], (parser, beam)))
   _check_runner(beam_options.runner)
+
+
+def unknown_flag(argument: str, parsers) -> str:
+  """``unknown flag --sed; did you mean --seed?``: the closest flag the parsers know, or the one an
+  abbreviation extends (``--index`` -> ``--index_features``)."""
+  flag = argument.split("=", 1)[0]
+  known = sorted({option for p in parsers for action in p._actions  # pylint: disable=protected-access
+                  for option in action.option_strings if option.startswith("--")})
+  extending = [name for name in known if name.startswith(flag)]  # an abbreviation
+  close = extending if len(extending) == 1 else difflib.get_close_matches(flag, known, n=1, cutoff=0.8)
+  return f"unknown flag {flag}" + (f"; did you mean {close[0]}?" if close else "")
 
 
 def _check_prefix(output: str) -> None:
@@ -196,7 +202,7 @@ def _check_prefix(output: str) -> None:
     raise JobError(f"--output {output!r} is a directory: give a prefix inside it such as {output}/pairs ({shards})")
 
 
-def _check_output(args, patterns: List[str], inputs: List[str]) -> None:
+def _check_output(args, patterns: List[str], inputs: List[str], matched: dict) -> None:
   """Refuses an output that would clobber an earlier run, a live run or an input, before reading anything.
 
   Paths are compared resolved (symlinks and ``//`` locally), so another spelling of an input is caught.
@@ -218,7 +224,8 @@ def _check_output(args, patterns: List[str], inputs: List[str]) -> None:
   if args.overwrite:
     return
   self_join = (args.self_join or "product") if not args.right else None
-  if publish.died_after_publishing(args.output, transforms.PairOptions(**pair_options(args)).summary(self_join)):
+  options = transforms.PairOptions(**pair_options(args)).summary(self_join)
+  if publish.died_after_publishing(args.output, options, matched):
     # Rerunning the command whose run died after writing its summary (before its cleanup) completes it.
     _LOG.info("the last run on %s died after publishing; rerunning it replaces its output", args.output)
     args.overwrite = True
@@ -226,16 +233,18 @@ def _check_output(args, patterns: List[str], inputs: List[str]) -> None:
   outputs.refuse_existing(args.output, publish.surviving(args.output))
 
 
-def build(pipeline: beam.Pipeline, args, _fail_cell=None, temp_token: Optional[str] = None):
-  """Adds the job to ``pipeline``; returns the PCollection of its summary (of its plan with --dry_run)."""
+def build(pipeline: beam.Pipeline, args, _fail_cell=None, temp_token: Optional[str] = None,
+          inputs: Optional[dict] = None):
+  """Adds the job to ``pipeline``; returns the PCollection of its summary (of its plan with --dry_run).
+  ``inputs`` is what ``run`` matched, recorded in the summary."""
   left = pipeline | "ReadLeft" >> transforms.ReadExamples(
       sources.split_patterns(args.left), args.compression, args.on_corrupt)
-  inputs = left
+  records = left
   if args.right:
-    inputs = (left, pipeline | "ReadRight" >> transforms.ReadExamples(
+    records = (left, pipeline | "ReadRight" >> transforms.ReadExamples(
         sources.split_patterns(args.right), args.compression, args.on_corrupt))
-  return inputs | "CrossProduct" >> transforms.CrossProduct(
-      dry_run=args.dry_run, temp_token=temp_token, _fail_cell=_fail_cell, **pair_options(args))
+  return records | "CrossProduct" >> transforms.CrossProduct(
+      dry_run=args.dry_run, temp_token=temp_token, inputs=inputs, _fail_cell=_fail_cell, **pair_options(args))
 
 
 def pair_options(args) -> dict:
@@ -298,24 +307,25 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None)
   left_patterns, right_patterns = sources.split_patterns(args.left), sources.split_patterns(args.right or "")
   if args.right is not None and not right_patterns:
     raise JobError("--right names no file pattern; omit it to pair --left with itself")
-  inputs = []
+  matched = {"compression": args.compression, "left": None, "right": None}  # the summary's "inputs"
   for flag, side_patterns in (("--left", left_patterns), ("--right", right_patterns if args.right else None)):
     if side_patterns is not None:
       sizes = sources.match_sizes(side_patterns, flag)
-      inputs += sorted(sizes)
+      matched[flag[2:]] = {"patterns": side_patterns, "files": dict(sorted(sizes.items()))}
       _warn_empty(flag, sorted(path for path, size in sizes.items() if size == 0))
+  inputs = [path for side in ("left", "right") if matched[side] for path in matched[side]["files"]]
   for path in inputs:
     sources.check_supported(path, args.compression)
   patterns = left_patterns + right_patterns
   if args.dry_run:
     return {"dry_run": dry_run(args, beam_args)}
-  _check_output(args, patterns, inputs)
+  _check_output(args, patterns, inputs, matched)
   options = PipelineOptions(beam_args)
   runner_name = options.view_as(StandardOptions).runner
   runner = local_runner(options) if runner_name in _LOCAL_RUNNERS else None
   pipeline = beam.Pipeline(runner=runner, options=options)
   token = uuid.uuid4().hex[:12]
-  build(pipeline, args, _fail_cell, temp_token=token)
+  build(pipeline, args, _fail_cell, temp_token=token, inputs=matched)
   if runner is None and options.view_as(StandardOptions).no_wait_until_finish:
     lease.acquire(args.output, token, watched=False)
     pipeline.run()

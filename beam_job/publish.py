@@ -221,11 +221,12 @@ def surviving(output: str) -> List[str]:
   return [o.path for o in snapshot.published if o.path not in stale]
 
 
-def died_after_publishing(output: str, options: dict) -> bool:
+def died_after_publishing(output: str, options: dict, inputs: Optional[dict] = None) -> bool:
   """Whether the output under ``output`` is complete but its run died before its cleanup (its temporary folder
-  or lease is still there), and was made with ``options``: the same command run again, not another job."""
+  or lease is still there), and was made with ``options`` from ``inputs``: the same command run again on the
+  same files, not another job."""
   summary = read_summary(output)
-  if not summary or not summary.get("run") or summary.get("options") != options:
+  if not summary or not summary.get("run") or summary.get("options") != options or summary.get("inputs") != inputs:
     return False
   snapshot = outputs.Snapshot.take(output)
   holder = lease.read(snapshot.lease.path) if snapshot.lease else None

@@ -356,12 +356,24 @@ def _check_results(plan: planning.Plan, results: List[dict], read: collections.C
                          f"{pairs}")
 
 
+def _check_sources(plan: planning.Plan, inputs: dict) -> None:
+  """Every file the run read is one its patterns matched when the job was built (and recorded in the summary
+  for ``beam_job.verify``): a file that appeared in between would be in the output but not in the summary."""
+  for side, name in enumerate(SIDES):
+    files = (inputs.get(name) or inputs["left"])["files"]
+    for source in sorted(set(plan.offsets[side]) | set(plan.bad[side])):
+      if source not in files:
+        raise JobError(f"input {source} was read but not matched by the {name} patterns when the job started "
+                       "(it appeared while the job ran); rerun the job")
+
+
 class _FinalizeFn(beam.DoFn):
   """Publishes the run once every cell succeeded and every count agrees (see ``publish.py``)."""
 
-  def __init__(self, options: "PairOptions", self_join: Optional[str]):
+  def __init__(self, options: "PairOptions", self_join: Optional[str], inputs: Optional[dict]):
     self._options = options
     self._self_join = self_join
+    self._inputs = inputs
 
   def process(self, plan: planning.Plan, results, corrupt, counts, left_stats, right_stats):
     options, output, token = self._options, self._options.output, plan.run
@@ -371,6 +383,8 @@ class _FinalizeFn(beam.DoFn):
     for side, count in counts:  # per bundle
       read[side] += count
     _check_results(plan, results, read, len(corrupt))
+    if self._inputs is not None:
+      _check_sources(plan, self._inputs)
     folder = outputs.temp_dir(output, token)
     if not results:  # no pairs at all: still one (empty) shard, so readers of the prefix find a file
       path = sinks.attempt_path(folder, 0, 1)
@@ -399,6 +413,8 @@ class _FinalizeFn(beam.DoFn):
         "options": options.summary(self._self_join),
         "schema": outputs.schema_path(output),
     }
+    if self._inputs is not None:
+      summary["inputs"] = self._inputs
     types = [(side, {name: kinds for name, kinds in stats.types.items() if kinds})  # valued features only
              for side, stats in enumerate((left_stats, right_stats))]
     schema = output_schema.merged_types(types, options.index_names())
@@ -491,12 +507,14 @@ class PairOptions:
   def summary(self, self_join: Optional[str]) -> dict:
     """The summary's ``options``: what the run did, not the flags as typed. ``left_prefix``/``right_prefix`` are
     the prefixes the features were renamed with, so both are ``""`` unless ``--collision prefix`` (the flags'
-    defaults ``left_``/``right_`` apply only then); ``self_join`` is ``""`` when --right was given."""
+    defaults ``left_``/``right_`` apply only then); ``self_join`` is ``""`` when --right was given. With the
+    summary's ``inputs`` it is every flag ``beam_job.verify`` needs to check the output again."""
     return {"collision": self.collision, "left_prefix": self.prefixes[0], "right_prefix": self.prefixes[1],
             "self_join": self_join or "", "output_compression": self.output_compression,
             "target_shard_mb": self.target_shard_mb, "sample_rate": self.sample_rate, "seed": self.seed,
             "left_features": list(self.left_features or []), "right_features": list(self.right_features or []),
-            "index_features": self.index_features}
+            "index_features": self.index_features, "on_corrupt": self.on_corrupt, "max_pairs": self.max_pairs,
+            "strategy": self.strategy}
 
 
 class _PrepareSide(beam.PTransform):
@@ -546,17 +564,20 @@ class CrossProduct(beam.PTransform):
   ``{output}-SSSSS-of-NNNNN.tfrecord[.gz]``, ``{output}-schema.pbtxt`` and ``{output}-summary.json``, written
   last; the result is a PCollection holding the summary dict (the plan's description with ``dry_run``).
   Records are ordered by ``source`` then ``index``; that order fixes which pairs ``combinations`` keeps and
-  the bytes of every shard. Keyword arguments are the fields of ``PairOptions`` (the CLI's flags).
+  the bytes of every shard. Keyword arguments are the fields of ``PairOptions`` (the CLI's flags). ``inputs``
+  (``{"compression": ..., "left": {"patterns": [...], "files": {path: size}}, "right": ... or None}``, as the
+  CLI matched them) goes into the summary, for ``beam_job.verify``; every source read must be one of its files.
   """
 
-  def __init__(self, output: str, *, dry_run: bool = False, temp_token: Optional[str] = None, _fail_cell=None,
-               **options):
+  def __init__(self, output: str, *, dry_run: bool = False, temp_token: Optional[str] = None,
+               inputs: Optional[dict] = None, _fail_cell=None, **options):
     super().__init__()
     for name in ("left_features", "right_features"):
       if options.get(name) is not None:
         options[name] = tuple(options[name])
     self._options = PairOptions(output, **options)
     self._dry_run = dry_run
+    self._inputs = inputs
     self._fail_cell = _fail_cell
     # The run's token names its temporary folder and lease; chosen when the pipeline runs unless a caller that
     # is itself one run (the CLI) passes its own, so that it can clean up after a failure.
@@ -599,5 +620,5 @@ class CrossProduct(beam.PTransform):
     counted = [(left, "left")] + ([(right, "right")] if right is not None else [])
     counts = ([records | f"Count{side.title()}Read" >> beam.ParDo(_CountFn(side))
                for records, side in counted] | "AllCounts" >> beam.Flatten())
-    return plan | "Finalize" >> beam.ParDo(_FinalizeFn(options, self_join), AsList(results), AsList(corrupt),
+    return plan | "Finalize" >> beam.ParDo(_FinalizeFn(options, self_join, self._inputs), AsList(results), AsList(corrupt),
                                            AsList(counts), AsSingleton(left_side[2]), AsSingleton(right_side[2]))

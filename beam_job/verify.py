@@ -1,16 +1,22 @@
-"""``python -m beam_job.verify``: check an output against its inputs, with the job's own flags.
+"""``python -m beam_job.verify --output PREFIX``: check an output against its inputs, from its summary alone.
 
-It reads both inputs in this process (no Beam), rebuilds the plan the job made, and then, for every shard the
-plan names: the shard exists, its frames and CRCs are valid, it holds as many records as its cell has pairs,
-and (for outputs of at most ``--full_check_max`` pairs, else for ``--sample_shards`` shards picked by
-``--verify_seed``) its records are byte for byte the merged pairs. Exit 0 when all hold; otherwise 1, naming
-the shard and what is wrong.
+The summary records the files the run read (with their sizes), their compression and every option; verify
+reads those files again and uses those options. A flag given on the command line overrides the summary (say,
+``--left`` for a copy of the inputs), and each one that disagrees with it is named, in the result and in any
+failure. Verify reads both inputs in this process (no Beam), rebuilds the plan the job made, and checks every
+field of the summary it can recompute (records per side, corrupt records and their dead letters, pairs, the
+shard list, bytes, record bytes, strategy, grid, shuffle bytes, collisions, the schema's features), and every
+shard the plan names: it exists, its frames and CRCs are valid, it holds as many records as its cell has
+pairs, and (for outputs of at most ``--full_check_max`` pairs, else for ``--sample_shards`` shards picked by
+``--verify_seed``) its records are byte for byte the merged pairs. Exit 0 when all hold; 1 naming the file and
+what is wrong; 2 for a usage error (one line, with the flag meant when one is close).
 
 Every shard is streamed: a compared shard is read block by block beside the frames ``cells.write_cell``
 writes for its cell (byte-identical to the plain-Python reference writer, which tests assert), and only a
 shard that differs is read again frame by frame beside the reference's pairs, to name the first wrong record.
 Memory: both inputs, prepared, and a block or two; nothing that grows with the output."""
 
+import argparse
 import contextlib
 import gzip
 import json
@@ -21,6 +27,8 @@ from typing import BinaryIO, Iterator, List, Optional, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import schema_pb2
 
 from beam_job import cells, cli, examples, outputs, planning, sources, tfrecord
 from beam_job.errors import JobError
@@ -31,10 +39,12 @@ class VerifyError(Exception):
   """The output is not what the inputs and options imply."""
 
 
-def _read_side(patterns: str, flag: str, args, prefix: str, select) -> Tuple[planning.SideStats, list]:
+def _read_side(files: List[str], flag: str, compression: str, on_corrupt: str, prefix: str,
+               select) -> Tuple[planning.SideStats, list]:
   good, bad, records, size, keys = {}, {}, [], 0, set()
-  for path in sources.match_files(sources.split_patterns(patterns), flag):
-    for record in sources.read_file(path, args.compression):
+  for path in files:
+    sources.check_supported(path, compression)
+    for record in sources.read_file(path, compression):
       problem = record.problem
       if record.payload is not None:
         try:
@@ -47,7 +57,7 @@ def _read_side(patterns: str, flag: str, args, prefix: str, select) -> Tuple[pla
           keys.update(prepared.keys)
           records.append((path, record.index, prepared))
           continue
-      if args.on_corrupt == "fail":
+      if on_corrupt == "fail":
         raise JobError(f"corrupt input {path}: record {record.index}: {problem}")
       bad.setdefault(path, []).append(record.index)
   stats = planning.SideStats(good, {s: tuple(sorted(i)) for s, i in bad.items()}, size, frozenset(keys))
@@ -73,18 +83,20 @@ def _open(path: str, compression: str) -> Iterator[BinaryIO]:
     yield stack.enter_context(gzip.GzipFile(fileobj=raw)) if compression == "gzip" else raw
 
 
-def _count(path: str, compression: str) -> int:
-  """The shard's records, read one frame at a time; a bad frame or a broken gzip stream is a VerifyError."""
-  count = 0
+def _count(path: str, compression: str) -> Tuple[int, int]:
+  """The shard's records and their framed bytes, read one frame at a time; a bad frame or a broken gzip stream
+  is a VerifyError."""
+  count = size = 0
   with _open(path, compression) as stream:
     try:
       for record in tfrecord.read_frames(stream):
         if record.payload is None:
           raise VerifyError(f"{path}: record {record.index} (byte {record.offset}): {record.problem}")
         count += 1
+        size += len(record.payload) + tfrecord.HEADER_BYTES + tfrecord.FOOTER_BYTES
     except _GZIP_BROKEN as e:
       raise VerifyError(f"{path}: the gzip stream is broken after record {count}: {e}") from None
-  return count
+  return count, size
 
 
 class _Comparing:
@@ -128,8 +140,8 @@ class _Comparing:
     return self.same
 
 
-def _compare(path: str, compression: str, rows: list, cols: list, merge: dict) -> int:
-  """Checks that the shard is byte for byte the cell's frames; returns its records.
+def _compare(path: str, compression: str, rows: list, cols: list, merge: dict) -> Tuple[int, int]:
+  """Checks that the shard is byte for byte the cell's frames; returns its records and their framed bytes.
 
   The expected frames come from ``cells.write_cell``, byte-identical to the reference writer (tests assert
   it), straight into a comparing sink: neither the shard nor the expected cell is ever held whole. Only when
@@ -137,10 +149,10 @@ def _compare(path: str, compression: str, rows: list, cols: list, merge: dict) -
   """
   with _open(path, compression) as stream:
     sink = _Comparing(stream)
-    pairs, _ = cells.write_cell(rows, cols, sink, **merge)
+    pairs, size = cells.write_cell(rows, cols, sink, **merge)
     if sink.ended():
-      return pairs
-  count = _count(path, compression)
+      return pairs, size
+  count, _ = _count(path, compression)
   if count != pairs:
     raise VerifyError(f"{path} holds {count:,} records, expected {pairs:,} (records dropped or duplicated)")
   with _open(path, compression) as stream:
@@ -152,71 +164,261 @@ def _compare(path: str, compression: str, rows: list, cols: list, merge: dict) -
                      "cells.write_cell: the native frame writer disagrees with the reference")
 
 
-def verify(argv: Optional[List[str]] = None) -> str:
-  parser = cli.make_parser()
+class UsageError(Exception):
+  """The command line is wrong (exit 2)."""
+
+
+# The summary's "options", one per flag of the job (``PairOptions.summary``), and the flags its "inputs" holds.
+_OPTIONS = ("collision", "left_prefix", "right_prefix", "self_join", "on_corrupt", "max_pairs", "strategy",
+            "target_shard_mb", "output_compression", "left_features", "right_features", "index_features",
+            "sample_rate", "seed")
+_INPUTS = ("left", "right", "compression")
+
+
+def _parse(argv: Optional[List[str]]):
+  """The command line: verify's own flags, and the job's flags that were given (``given``), nothing else."""
+  parser = cli.make_parser(left_required=False)
   parser.prog = "python -m beam_job.verify"
   parser.add_argument("--full_check_max", type=cli.count, default=5_000_000,
                       help="Compare every record when the output has at most this many pairs.")
   parser.add_argument("--sample_shards", type=cli.count, default=4, help="Shards compared record by record otherwise.")
   parser.add_argument("--verify_seed", type=int, default=0)
-  args = parser.parse_args(argv)
-  options = PairOptions(**cli.pair_options(args))
-  self_join = (args.self_join or "product") if not args.right else None
-  left_stats, left = _read_side(args.left, "--left", args, options.prefixes[0], options.selects[0])
-  right_stats, right = _read_side(args.right or args.left, "--right" if args.right else "--left", args,
-                                  options.prefixes[1], options.selects[1])
+  defaults = {dest: parser.get_default(dest) for dest in _OPTIONS + _INPUTS}
+  for action in parser._actions:  # pylint: disable=protected-access  # (set_defaults would set SUPPRESS itself)
+    if action.dest in defaults:
+      action.default = argparse.SUPPRESS  # an absent flag stays out of ``args``
+  try:
+    args, unknown = parser.parse_known_args(argv)
+  except JobError as e:
+    raise UsageError(str(e)) from None
+  if unknown:
+    raise UsageError(cli.unknown_flag(unknown[0], [parser]) if unknown[0].startswith("-")
+                     else f"unexpected argument {unknown[0]!r}")
+  given = {dest: getattr(args, dest) for dest in defaults if hasattr(args, dest)}
+  return args, given, defaults
+
+
+def _read_summary(output: str) -> dict:
+  path = outputs.summary_path(output)
+  if not FileSystems.exists(path):
+    raise VerifyError(f"missing summary {path}: the run did not finish")
+  with FileSystems.open(path) as f:
+    text = f.read()
+  try:
+    summary = json.loads(text)
+  except ValueError as e:
+    raise VerifyError(f"{path} is not JSON ({e})") from None
+  if not isinstance(summary, dict):
+    raise VerifyError(f"{path} is not a JSON object")
+  return summary
+
+
+def _recorded(summary: dict, defaults: dict) -> dict:
+  """The flags of the run, as the summary records them (an older summary's missing ones at their defaults)."""
+  recorded = {dest: defaults[dest] for dest in _OPTIONS}
+  for dest, value in (summary.get("options") or {}).items():
+    if dest in ("left_features", "right_features"):
+      value = tuple(value) or None
+    elif dest == "self_join":
+      value = value or None
+    if dest in recorded:
+      recorded[dest] = value
+  recorded["compression"] = (summary.get("inputs") or {}).get("compression", defaults["compression"])
+  return recorded
+
+
+def _show(value) -> str:
+  if isinstance(value, (tuple, list)):
+    return ",".join(value)
+  return "(none)" if value is None else str(value)
+
+
+def _settings(summary: dict, given: dict, defaults: dict) -> Tuple[dict, List[str]]:
+  """The flags verify checks with: the summary's, overridden by those given; and the disagreements, named."""
+  recorded = _recorded(summary, defaults)
+  settings = {**recorded, **{dest: value for dest, value in given.items() if dest in recorded}}
+  differ = []
+  for dest, value in given.items():
+    if dest not in recorded or value == recorded[dest]:
+      continue
+    if dest.endswith("_prefix") and settings["collision"] != "prefix":
+      continue  # the prefixes rename nothing then
+    differ.append(f"--{dest} {_show(value)} (the run: {_show(recorded[dest])})")
+  return settings, differ
+
+
+def _files(side: str, given: dict, summary: dict, differ: List[str]) -> Optional[List[str]]:
+  """The input files of one side (None: no right side, a self-join): those matched by the flag given, else
+  those the summary records, each checked to be still there with the size the run read."""
+  flag = f"--{side}"
+  inputs = summary.get("inputs")
+  recorded = inputs.get(side) if inputs else None
+  if side in given:
+    files = sources.match_files(sources.split_patterns(given[side]), flag)
+    if inputs and (recorded is None or sorted(recorded["files"]) != files):
+      read = f"{len(recorded['files'])} file(s) of {_show(recorded['patterns'])}" if recorded else "no such side"
+      differ.append(f"{flag} {given[side]} ({len(files)} file(s); the run read {read})")
+    return files
+  if inputs is None:
+    if side == "left":
+      raise VerifyError(f"the summary of {summary.get('output')} does not record its inputs (a run of an older "
+                        "version): give --left, and --right if the run had one")
+    return None
+  if recorded is None:
+    return None
+  for path, size in recorded["files"].items():
+    now = sources.match_sizes([outputs.escape_glob(path)], flag).get(path) if FileSystems.exists(path) else None
+    if now is None:
+      raise VerifyError(f"input {path}, read by the run, is gone (give {flag} to verify against other files)")
+    if now != size:
+      raise VerifyError(f"input {path} has changed since the run: {now:,} bytes, the run read {size:,}")
+  return sorted(recorded["files"])
+
+
+def _moved(summary: dict, field: str, output: str):
+  """A path of the summary (or a list of them) under ``output`` instead of the run's own prefix."""
+  value, recorded = summary.get(field), summary.get("output")
+  if not isinstance(recorded, str):
+    return value
+  move = lambda path: output + path[len(recorded):] if isinstance(path, str) and path.startswith(recorded) else path
+  return [move(path) for path in value] if isinstance(value, list) else move(value)
+
+
+def _expect(summary: dict, field: str, value) -> None:
+  said = summary.get(field)
+  if said == value:
+    return
+  if isinstance(value, list) and isinstance(said, list) and len(value) > 1:  # name the first difference only
+    at = next((k for k, (a, b) in enumerate(zip(said, value)) if a != b), min(len(said), len(value)))
+    said_at = json.dumps(said[at]) if at < len(said) else "nothing more"
+    value_at = json.dumps(value[at]) if at < len(value) else "nothing more"
+    raise VerifyError(f"the summary lists {len(said)} {field}, the output and inputs give {len(value)}: item {at} "
+                      f"is {said_at}, expected {value_at}")
+  if said != value:
+    raise VerifyError(f"the summary says {field} {json.dumps(summary.get(field))}, the output and inputs give "
+                      f"{json.dumps(value)}")
+
+
+def _check_schema(path: str, names) -> None:
+  """The schema is there, a TFMD Schema, and names every feature of the output."""
+  if not FileSystems.exists(path):
+    raise VerifyError(f"missing schema {path}")
+  with FileSystems.open(path) as f:
+    text = f.read().decode("utf-8", "replace")
+  try:
+    schema = text_format.Parse(text, schema_pb2.Schema())
+  except text_format.ParseError as e:
+    raise VerifyError(f"{path} is not a TFMD schema ({e})") from None
+  listed = {feature.name for feature in schema.feature}
+  if listed != set(names):
+    missing, extra = sorted(set(names) - listed), sorted(listed - set(names))
+    raise VerifyError(f"{path} " + (f"lacks feature {missing[0]!r} of the output" if missing
+                                    else f"lists feature {extra[0]!r}, which no output record holds"))
+
+
+def _check_dead_letters(summary: dict, output: str, corrupt: List[Tuple[str, int]]) -> None:
+  """Corrupt records: the summary's list is the inputs' (file and record), and so is the dead-letter file."""
+  listed = [(c.get("file"), c.get("record")) for c in summary.get("corrupt") or []]
+  if listed != corrupt:
+    raise VerifyError(f"the summary lists {len(listed)} corrupt record(s), the inputs hold {len(corrupt)}"
+                      + (f" (first: {corrupt[0][0]} record {corrupt[0][1]})" if corrupt else ""))
+  path = outputs.dead_letter_path(output)
+  if not corrupt:
+    return
+  if summary.get("dead_letter") != path or not FileSystems.exists(path):
+    raise VerifyError(f"missing dead-letter list {path} of {len(corrupt)} corrupt record(s)")
+  with FileSystems.open(path) as f:
+    lines = f.read().decode("utf-8", "replace").splitlines()
+  try:
+    letters = [(entry["file"], entry["record"]) for entry in map(json.loads, lines)]
+  except (ValueError, KeyError, TypeError) as e:
+    raise VerifyError(f"{path} is not one JSON object per corrupt record ({e})") from None
+  if letters != corrupt:
+    raise VerifyError(f"{path} lists {len(letters)} corrupt record(s), the inputs hold {len(corrupt)}")
+
+
+def verify(argv: Optional[List[str]] = None) -> str:
+  args, given, defaults = _parse(argv)
+  output = outputs.normalize(args.output)
+  summary = _read_summary(output)
+  settings, differ = _settings(summary, given, defaults)
+  try:
+    return _verify(output, summary, given, settings, differ, args)
+  except (VerifyError, JobError) as e:
+    if differ:
+      raise VerifyError(f"{e} (flags that differ from the summary: {'; '.join(differ)})") from None
+    raise
+
+
+def _verify(output: str, summary: dict, given: dict, settings: dict, differ: List[str], args) -> str:
+  left_files = _files("left", given, summary, differ)
+  right_files = _files("right", given, summary, differ)
+  options = PairOptions(output, **{dest: settings[dest] for dest in _OPTIONS if dest != "self_join"},
+                        self_join=settings["self_join"] or "product")
+  self_join = None if right_files is not None else options.self_join
+  compression, on_corrupt = settings["compression"], settings["on_corrupt"]
+  left_stats, left = _read_side(left_files, "--left", compression, on_corrupt, options.prefixes[0],
+                                options.selects[0])
+  right_stats, right = _read_side(right_files or left_files, "--right" if right_files else "--left", compression,
+                                  on_corrupt, options.prefixes[1], options.selects[1])
   plan = planning.make_plan(left_stats, right_stats, **options.plan_options(self_join))
   index_names = options.index_names()
   left, right = _ordered(left, plan, 0, index_names[0]), _ordered(right, plan, 1, index_names[1])
-  names = [outputs.shard_name(args.output, s, plan.shard_count, args.output_compression)
-           for s in range(plan.shard_count)]
-  owned = outputs.list_owned(args.output)
-  present = {o.path for o in owned}
+  gzipped = options.output_compression
+  names = [outputs.shard_name(output, s, plan.shard_count, gzipped) for s in range(plan.shard_count)]
+  corrupt = sorted((source, index) for stats in ((left_stats,) if self_join else (left_stats, right_stats))
+                   for source, indexes in stats.bad.items() for index in indexes)
+  for field, value in (("left_records", plan.left_count), ("right_records", plan.right_count),
+                       ("corrupt_records", len(corrupt)), ("strategy", plan.strategy), ("grid", plan.grid),
+                       ("shuffle_bytes", plan.shuffle_bytes), ("collisions", list(plan.collisions))):
+    _expect(summary, field, value)
+  # Paths as the run wrote them: the output may have been copied under another prefix since.
+  moved = {field: _moved(summary, field, output) for field in ("shards", "schema", "dead_letter")}
+  for field, value in (("shards", names), ("schema", outputs.schema_path(output))):
+    _expect(moved, field, value)
+  _check_dead_letters(dict(summary, **moved), output, corrupt)
+  owned = {o.path: o for o in outputs.list_owned(output)}
   for name in names:
-    if name not in present:
+    if name not in owned:
       raise VerifyError(f"missing shard {name}")
-  extra = [o.path for o in owned if o.kind == "shard" and o.path not in names]
+  extra = [path for path, o in owned.items() if o.kind == "shard" and path not in names]
   if extra:
     raise VerifyError(f"unexpected shard {extra[0]} (the plan has {plan.shard_count} shards)")
-  if outputs.summary_path(args.output) not in present:
-    raise VerifyError(f"missing summary {outputs.summary_path(args.output)}: the run did not finish")
+  _check_schema(outputs.schema_path(output), set(left_stats.keys) | set(right_stats.keys) |
+                {name for name in index_names if name})
   sampled = plan.sample_rate < 1
   full = plan.pairs <= args.full_check_max
   plan_cells = plan.cells
   compare = set(range(len(plan_cells))) if full else set(
       random.Random(args.verify_seed).sample(range(len(plan_cells)), min(args.sample_shards, len(plan_cells))))
-  merge = {"self_join": self_join, "collision": args.collision, "collisions": plan.collisions,
-           "sample": (plan.sample_rate, args.seed) if sampled else None}
-  total = 0
+  merge = {"self_join": self_join, "collision": options.collision, "collisions": plan.collisions,
+           "sample": (plan.sample_rate, options.seed) if sampled else None}
+  total = record_bytes = 0
   for shard, (row, col, pairs) in enumerate(plan_cells):
     if shard not in compare and not sampled:
-      count = _count(names[shard], args.output_compression)
+      count, size = _count(names[shard], gzipped)
       if count != pairs:
         raise VerifyError(f"{names[shard]} holds {count:,} records, expected {pairs:,}")
     else:
       rows, cols = plan.members(row, col)
-      count = _compare(names[shard], args.output_compression, left[rows.start:rows.stop],
-                       right[cols.start:cols.stop], merge)
+      count, size = _compare(names[shard], gzipped, left[rows.start:rows.stop], right[cols.start:cols.stop], merge)
     total += count
-  if not plan_cells and _count(names[0], args.output_compression):
+    record_bytes += size
+  if not plan_cells and _count(names[0], gzipped)[0]:
     raise VerifyError(f"{names[0]} should be empty: the job has no pairs")
-  with FileSystems.open(outputs.summary_path(args.output)) as f:
-    text = f.read()
-  try:
-    summary = json.loads(text)
-  except ValueError as e:
-    raise VerifyError(f"{outputs.summary_path(args.output)} is not JSON ({e})") from None
-  if not isinstance(summary, dict):
-    raise VerifyError(f"{outputs.summary_path(args.output)} is not a JSON object")
-  if summary.get("pairs") != total:
-    raise VerifyError(f"the summary says {summary.get('pairs')} pairs, the shards hold {total}")
+  _expect(summary, "pairs", total)
+  _expect(summary, "record_bytes", record_bytes)
+  _expect(summary, "bytes", sum(owned[name].size for name in names))
   how = "every record compared" if full or sampled else f"{len(compare)} of {len(plan_cells)} shards compared"
-  return f"verified {total:,} pairs in {len(names)} shard(s) under {args.output}: {how}"
-
+  overrides = f" (flags that differ from the summary: {'; '.join(differ)})" if differ else ""
+  return f"verified {total:,} pairs in {len(names)} shard(s) under {output}: {how}{overrides}"
 
 def main(argv: Optional[List[str]] = None) -> int:
   try:
     print(verify(argv))
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   except (VerifyError, JobError) as e:
     print(f"verify failed: {e}", file=sys.stderr)
     return 1

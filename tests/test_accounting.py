@@ -135,3 +135,24 @@ def test_the_multi_threaded_mode_is_refused_before_reading(tmp_path):
   assert done.stderr.strip().splitlines()[-1].startswith(
       "error: --direct_running_mode=multi_threading loses records in Beam's FnApiRunner")
   assert os.listdir(tmp_path) == []
+
+
+def test_a_file_that_appears_while_the_job_runs_fails_it(tmp_path, monkeypatch):
+  """The summary lists the files matched when the job started (``beam_job.verify`` reads them again); a file
+  that the read step matches but the start did not would be in the output and not in the summary."""
+  folder = tmp_path / "in"
+  folder.mkdir()
+  write_tfrecord(str(folder / "a.tfrecord"), [make_example({"a": [1]})])
+  write_tfrecord(str(folder / "right.tfrecord"), [make_example({"b": [2]})])
+  real = cli.sources.match_sizes
+
+  def before_b_appeared(patterns, flag):
+    return {path: size for path, size in real(patterns, flag).items() if not path.endswith("/b.tfrecord")}
+
+  monkeypatch.setattr(cli.sources, "match_sizes", before_b_appeared)
+  write_tfrecord(str(folder / "b.tfrecord"), [make_example({"a": [3]})])
+  out = tmp_path / "out"
+  out.mkdir()
+  _fails_unpublished(["--left", str(folder / "[ab].tfrecord"), "--right", str(folder / "right.tfrecord")],
+                     out / "pairs", f"input {folder}/b.tfrecord was read but not matched by the left patterns when "
+                     r"the job started \(it appeared while the job ran\); rerun the job")

@@ -233,7 +233,7 @@ def test_verify_checks_the_summary(inputs, verified_output, capsys):
   summary = json.load(open(summary_path))
   summary["pairs"] += 1
   json.dump(summary, open(summary_path, "w"))
-  assert "the summary says 36 pairs, the shards hold 35" in _verify_error(inputs, prefix, capsys)
+  assert "the summary says pairs 36, the output and inputs give 35" in _verify_error(inputs, prefix, capsys)
 
 
 def test_schema_of_a_feature_with_several_types_has_no_type(tmp_path):

@@ -212,4 +212,4 @@ def test_pair_options_accept_the_bounds():
 def test_verify_checks_its_numeric_flags_too(inputs, capsys, flag, text, message):
   capsys.readouterr()
   rc = verify.main(["--left", inputs["left"], "--output", str(inputs["out"] / "pairs"), flag, text])
-  assert (rc, capsys.readouterr().err) == (1, f"verify failed: {message}\n")
+  assert (rc, capsys.readouterr().err) == (2, f"error: {message}\n")  # a usage error

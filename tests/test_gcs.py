@@ -21,7 +21,7 @@ from google.api_core.exceptions import NotFound, PreconditionFailed
 from google.cloud.storage.exceptions import InvalidResponse
 from google.cloud.storage.fileio import BlobWriter
 
-from beam_job import cli
+from beam_job import cli, verify
 from tests import gcs_emulator
 from tests.helpers import canonical, make_example, parse, proto_merge, read_tfrecords, write_tfrecord
 
@@ -305,7 +305,10 @@ def _read_shards(paths, compression, tmp_path) -> list:
 
 
 def _without_paths(summary: dict) -> dict:
-  return {k: v for k, v in summary.items() if k not in ("output", "shards", "schema", "run")}
+  inputs = {side: sorted((path.rsplit("/", 1)[1], size) for path, size in summary["inputs"][side]["files"].items())
+            for side in ("left", "right")}
+  return dict({k: v for k, v in summary.items() if k not in ("output", "shards", "schema", "run", "inputs")},
+              input_files=inputs)
 
 
 @pytest.mark.parametrize("compression", ["uncompressed", "gzip"])
@@ -316,6 +319,7 @@ def test_job_on_gcs_writes_the_bytes_of_a_local_run(job_inputs, gcs_prefix, tmp_
   remote = cli.run(_flags(job_inputs["remote"], output, *extra))
 
   assert _without_paths(remote) == _without_paths(local)
+  assert verify.main(["--output", output]) == 0  # from the summary alone: the gs:// inputs it lists, read again
   assert remote["pairs"] == len(job_inputs["expected"]) and len(remote["shards"]) > 1
   suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
   count = len(remote["shards"])

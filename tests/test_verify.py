@@ -1,10 +1,14 @@
-"""``python -m beam_job.verify`` streams every shard: a correct shard is compared block by block against the
-native writer's frames, and a wrong one is read again frame by frame only to name the first wrong record.
+"""``python -m beam_job.verify --output PREFIX`` takes the inputs and options from the summary (flags override
+them, and each disagreement is named), checks every summary field it can recompute, and streams every shard: a
+correct shard is compared block by block against the native writer's frames, and a wrong one is read again
+frame by frame only to name the first wrong record.
 
 Each output is written once per module and copied for each test, which then damages its copy."""
 
 import glob
 import gzip
+import json
+import os
 import random
 import re
 import shutil
@@ -66,8 +70,8 @@ def output(inputs, written, tmp_path):
     shards = sorted(glob.glob(f"{prefix}-*-of-*.tfrecord*"))
     assert len(shards) > 2
 
-    def run(*more):
-      return verify.main(_flags(inputs, prefix, name, *more))
+    def run(*more):  # from the summary alone, as a user would
+      return verify.main(["--output", str(prefix), *more])
 
     return prefix, shards, run
   return copy
@@ -189,3 +193,160 @@ def test_a_summary_that_is_not_a_json_object_is_a_verify_failure(text, problem, 
   prefix, _, run = output("grid")
   _write(f"{prefix}-summary.json", text.encode())
   assert _failure(run, capsys).startswith(f"verify failed: {prefix}-summary.json {problem}")
+
+
+# --- from the summary; flags that override it; usage errors ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(_OUTPUTS))
+def test_the_job_flags_given_again_agree_with_the_summary(name, inputs, output, capsys):
+  prefix, shards, _ = output(name)
+  capsys.readouterr()
+  assert verify.main(_flags(inputs, prefix, name)) == 0
+  assert capsys.readouterr().out.endswith(f" pairs in {len(shards)} shard(s) under {prefix}: every record compared\n")
+
+
+@pytest.mark.parametrize("name, flags, problem", [
+    ("gzip", ["--output_compression", "uncompressed"], 'the summary lists 3 shards, the output and inputs give 3: '
+     'item 0 is "{prefix}-00000-of-00003.tfrecord.gz", expected "{prefix}-00000-of-00003.tfrecord"'),
+    ("sampled", ["--seed", "4"], "{shard0} holds 6 records, expected 5 (records dropped or duplicated)"),
+    ("grid", ["--collision", "left"], 'the summary says grid {{"cells": 8, "col_chunk": 5, "cols": 2, "row_chunk": '
+     '3, "rows": 4}}, the output and inputs give {{"rows": 3, "cols": 2, "row_chunk": 4, "col_chunk": 5, '
+     '"cells": 6}}'),
+], ids=["compression", "seed", "collision"])
+def test_a_flag_that_disagrees_with_the_summary_is_named(name, flags, problem, output, capsys):
+  prefix, shards, run = output(name)
+  message = _failure(run, capsys, *flags)
+  recorded = {"--output_compression": "gzip", "--seed": "3", "--collision": "prefix"}[flags[0]]
+  assert message == (f"verify failed: {problem.format(prefix=prefix, shard0=shards[0])} (flags that differ from "
+                     f"the summary: {flags[0]} {flags[1]} (the run: {recorded}))\n")
+
+
+def test_given_inputs_override_the_summary_and_are_named_when_they_differ(inputs, output, capsys, tmp_path):
+  prefix, _, run = output("grid")
+  copy = tmp_path / "copy"
+  shutil.copytree(inputs, copy)
+  capsys.readouterr()
+  assert run("--left", str(copy / "left.tfrecord"), "--right", str(copy / "right.tfrecord")) == 0
+  out = capsys.readouterr().out
+  assert out.endswith(f"every record compared (flags that differ from the summary: --left {copy}/left.tfrecord "
+                      f"(1 file(s); the run read 1 file(s) of {inputs}/left.tfrecord); --right "
+                      f"{copy}/right.tfrecord (1 file(s); the run read 1 file(s) of {inputs}/right.tfrecord))\n"), out
+
+
+def test_an_input_changed_or_gone_since_the_run(inputs, written, tmp_path, capsys):
+  moved = tmp_path / "inputs"
+  shutil.copytree(inputs, moved)
+  prefix = str(tmp_path / "out" / "pairs")
+  cli.run(["--left", str(moved / "left.tfrecord"), "--right", str(moved / "right.tfrecord"), "--output", prefix,
+           "--collision", "prefix"])
+  capsys.readouterr()
+  assert verify.main(["--output", prefix]) == 0
+  size = (moved / "right.tfrecord").stat().st_size
+  write_tfrecord(str(moved / "right.tfrecord"), [make_example({"id": [1]})])
+  assert verify.main(["--output", prefix]) == 1
+  now = (moved / "right.tfrecord").stat().st_size
+  assert capsys.readouterr().err == (f"verify failed: input {moved}/right.tfrecord has changed since the run: "
+                                     f"{now:,} bytes, the run read {size:,}\n")
+  (moved / "right.tfrecord").unlink()
+  assert verify.main(["--output", prefix]) == 1
+  assert capsys.readouterr().err == (f"verify failed: input {moved}/right.tfrecord, read by the run, is gone "
+                                     "(give --right to verify against other files)\n")
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("left_records", 13, 'the summary says left_records 13, the output and inputs give 12'),
+    ("pairs", 1, 'the summary says pairs 1, the output and inputs give 72'),
+    ("bytes", 5, 'the summary says bytes 5, the output and inputs give {bytes}'),
+    ("record_bytes", 5, 'the summary says record_bytes 5, the output and inputs give {bytes}'),
+    ("strategy", "broadcast", 'the summary says strategy "broadcast", the output and inputs give "grid"'),
+    ("shuffle_bytes", 0, 'the summary says shuffle_bytes 0, the output and inputs give {shuffle}'),
+])
+def test_every_summary_field_it_can_recompute_is_checked(field, value, problem, output, capsys):
+  prefix, shards, run = output("grid")
+  path = f"{prefix}-summary.json"
+  summary = json.load(open(path))
+  expected = problem.format(bytes=sum(os.path.getsize(s) for s in shards), shuffle=summary["shuffle_bytes"])
+  summary[field] = value
+  open(path, "w").write(json.dumps(summary))
+  assert _failure(run, capsys) == f"verify failed: {expected}\n"
+
+
+def test_a_shard_missing_from_the_summary_list(output, capsys):
+  prefix, shards, run = output("grid")
+  path = f"{prefix}-summary.json"
+  summary = json.load(open(path))
+  summary["shards"] = summary["shards"][:-1]
+  open(path, "w").write(json.dumps(summary))
+  assert _failure(run, capsys) == ("verify failed: the summary lists 7 shards, the output and inputs give 8: item 7 is "
+                                   f'nothing more, expected "{shards[7]}"\n')
+
+
+def test_the_schema_must_be_there_and_name_every_output_feature(output, capsys):
+  prefix, _, run = output("grid")
+  schema = f"{prefix}-schema.pbtxt"
+  text = open(schema).read()
+  open(schema, "w").write(text.replace('name: "left_id"', 'name: "left_idd"'))
+  assert _failure(run, capsys) == f"verify failed: {schema} lacks feature 'left_id' of the output\n"
+  open(schema, "w").write("feature { nme: 1 }")
+  assert _failure(run, capsys).startswith(f"verify failed: {schema} is not a TFMD schema (")
+  os.remove(schema)
+  assert _failure(run, capsys) == f"verify failed: missing schema {schema}\n"
+
+
+def test_corrupt_records_and_their_dead_letters_are_checked(inputs, tmp_path, capsys):
+  data = (inputs / "left.tfrecord").read_bytes()
+  frames = split_frames(data)
+  bad = tmp_path / "bad.tfrecord"
+  bad.write_bytes(b"".join(frames[:2]) + frames[2][:-1] + b"x" + b"".join(frames[3:]))  # record 2's CRC
+  prefix = str(tmp_path / "out" / "pairs")
+  cli.run(["--left", str(bad), "--right", str(inputs / "right.tfrecord"), "--output", prefix, "--on_corrupt", "skip",
+           "--collision", "left"])
+  capsys.readouterr()
+  assert verify.main(["--output", prefix]) == 0
+  letters = f"{prefix}-corrupt.jsonl"
+  open(letters, "w").write("")
+  assert verify.main(["--output", prefix]) == 1
+  assert capsys.readouterr().err == f"verify failed: {letters} lists 0 corrupt record(s), the inputs hold 1\n"
+  assert verify.main(["--output", prefix, "--on_corrupt", "fail"]) == 1
+  assert capsys.readouterr().err == (f"verify failed: corrupt input {bad}: record 2: bad data CRC (flags that "
+                                     "differ from the summary: --on_corrupt fail (the run: skip))\n")
+
+
+def test_a_summary_without_inputs_needs_the_input_flags(inputs, output, capsys):
+  prefix, _, run = output("grid")
+  path = f"{prefix}-summary.json"
+  summary = json.load(open(path))
+  del summary["inputs"]
+  open(path, "w").write(json.dumps(summary))
+  assert _failure(run, capsys) == (f"verify failed: the summary of {summary['output']} does not record its inputs "
+                                   "(a run of an older version): give --left, and --right if the run had one\n")
+  assert run("--left", str(inputs / "left.tfrecord"), "--right", str(inputs / "right.tfrecord")) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sed", "3"], "unknown flag --sed; did you mean --seed?"),
+    (["--index"], "unknown flag --index; did you mean --index_features?"),
+    (["--seed=x"], "argument --seed: must be a whole number from -9223372036854775808 to 9223372036854775807 "
+                   "(64-bit signed), not x"),
+    (["extra"], "unexpected argument 'extra'"),
+    ([], None),
+])
+def test_usage_errors_exit_2_on_one_line(argv, message, output, capsys):
+  prefix, _, _ = output("grid")
+  capsys.readouterr()
+  assert verify.main((["--output", str(prefix)] if message else []) + argv) == 2
+  err = capsys.readouterr().err
+  assert err == f"error: {message or 'the following arguments are required: --output'}\n"
+
+
+def test_a_self_join_from_its_summary_alone(inputs, tmp_path, capsys):
+  prefix = str(tmp_path / "pairs")
+  cli.run(["--left", str(inputs / "left.tfrecord"), "--self_join", "combinations", "--collision", "prefix",
+           "--output", prefix, "--target_shard_mb", "0.002"])
+  capsys.readouterr()
+  assert verify.main(["--output", prefix]) == 0
+  assert capsys.readouterr().out.startswith(f"verified {N_LEFT * (N_LEFT - 1) // 2} pairs in ")
+  assert verify.main(["--output", prefix, "--self_join", "product"]) == 1
+  assert capsys.readouterr().err.endswith(
+      "(flags that differ from the summary: --self_join product (the run: combinations))\n")
