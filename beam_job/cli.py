@@ -233,7 +233,7 @@ def _check_output(args, patterns: List[str], inputs: List[str], matched: dict) -
   outputs.refuse_existing(args.output, publish.surviving(args.output))
 
 
-def build(pipeline: beam.Pipeline, args, _fail_cell=None, temp_token: Optional[str] = None,
+def build(pipeline: beam.Pipeline, args, temp_token: Optional[str] = None,
           inputs: Optional[dict] = None):
   """Adds the job to ``pipeline``; returns the PCollection of its summary (of its plan with --dry_run).
   ``inputs`` is what ``run`` matched, recorded in the summary."""
@@ -244,7 +244,7 @@ def build(pipeline: beam.Pipeline, args, _fail_cell=None, temp_token: Optional[s
     records = (left, pipeline | "ReadRight" >> transforms.ReadExamples(
         sources.split_patterns(args.right), args.compression, args.on_corrupt))
   return records | "CrossProduct" >> transforms.CrossProduct(
-      dry_run=args.dry_run, temp_token=temp_token, inputs=inputs, _fail_cell=_fail_cell, **pair_options(args))
+      dry_run=args.dry_run, temp_token=temp_token, inputs=inputs, **pair_options(args))
 
 
 def pair_options(args) -> dict:
@@ -295,7 +295,7 @@ def local_runner(options: PipelineOptions):
       beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
-def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None) -> Optional[dict]:
+def run(argv: Optional[List[str]] = None, progress_stream=None) -> Optional[dict]:
   """Runs the job; returns its summary when the runner finished it (None when it only submitted it)."""
   parser = make_parser()
   args, beam_args = parser.parse_known_args(argv)
@@ -325,7 +325,7 @@ def run(argv: Optional[List[str]] = None, _fail_cell=None, progress_stream=None)
   runner = local_runner(options) if runner_name in _LOCAL_RUNNERS else None
   pipeline = beam.Pipeline(runner=runner, options=options)
   token = uuid.uuid4().hex[:12]
-  build(pipeline, args, _fail_cell, temp_token=token, inputs=matched)
+  build(pipeline, args, temp_token=token, inputs=matched)
   if runner is None and options.view_as(StandardOptions).no_wait_until_finish:
     lease.acquire(args.output, token, watched=False)
     pipeline.run()

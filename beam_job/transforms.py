@@ -282,10 +282,9 @@ class _BroadcastSide:
 class _WriteCellFn(beam.DoFn):
   """Writes one cell's pairs to a temporary object of its own and reports its name and size."""
 
-  def __init__(self, options: "PairOptions", self_join: Optional[str], fail_cell=None):
+  def __init__(self, options: "PairOptions", self_join: Optional[str]):
     self._options = options
     self._self_join = self_join
-    self._fail_cell = fail_cell  # test hook: a cell (row, col) that raises half-way through
     self._shared = shared.Shared()  # the broadcast side, built once per worker process
     self._renewed = 0.0
     self._pairs = beam.metrics.Metrics.counter(NAMESPACE, "pairs_written")
@@ -317,9 +316,6 @@ class _WriteCellFn(beam.DoFn):
     path = sinks.attempt_path(outputs.temp_dir(options.output, token), shard, plan.shard_count)
     sample = (options.sample_rate, options.seed) if options.sample_rate < 1 else None
     with sinks.open_shard(path, options.output_compression) as out:
-      if self._fail_cell == (row, col):
-        out.write(b"partial")
-        raise RuntimeError(f"injected failure in cell {(row, col)}")
       pairs, size = cells.write_cell(left, right, out, self_join=self._self_join, collision=options.collision,
                                      collisions=plan.collisions, sample=sample)
     self._pairs.inc(pairs)
@@ -570,7 +566,7 @@ class CrossProduct(beam.PTransform):
   """
 
   def __init__(self, output: str, *, dry_run: bool = False, temp_token: Optional[str] = None,
-               inputs: Optional[dict] = None, _fail_cell=None, **options):
+               inputs: Optional[dict] = None, **options):
     super().__init__()
     for name in ("left_features", "right_features"):
       if options.get(name) is not None:
@@ -578,7 +574,6 @@ class CrossProduct(beam.PTransform):
     self._options = PairOptions(output, **options)
     self._dry_run = dry_run
     self._inputs = inputs
-    self._fail_cell = _fail_cell
     # The run's token names its temporary folder and lease; chosen when the pipeline runs unless a caller that
     # is itself one run (the CLI) passes its own, so that it can clean up after a failure.
     self._token = temp_token
@@ -614,7 +609,7 @@ class CrossProduct(beam.PTransform):
         _broadcast_side, AsSingleton(plan), index_names[1]).with_output_types(Tuple[int, bytes])
     results = (routed | "FlattenCells" >> beam.Flatten()
                | "GroupCells" >> beam.GroupByKey()
-               | "WriteCells" >> beam.ParDo(_WriteCellFn(options, self_join, self._fail_cell), AsSingleton(plan),
+               | "WriteCells" >> beam.ParDo(_WriteCellFn(options, self_join), AsSingleton(plan),
                                             AsIter(broadcast)))
     corrupt = [left_side[1]] + ([right_side[1]] if right is not None else []) | "AllCorrupt" >> beam.Flatten()
     counted = [(left, "left")] + ([(right, "right")] if right is not None else [])

@@ -4,6 +4,7 @@ Everything here uses TensorFlow as the independent reference: ``tf.train.Example
 records, ``tf.io.TFRecordWriter`` to write files and ``tf.data.TFRecordDataset`` to read them.
 """
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -187,3 +188,25 @@ def split_frames(data: bytes) -> list:
     frames.append(data[at:at + 16 + length])
     at += 16 + length
   return frames
+
+
+@contextlib.contextmanager
+def failing_cell(monkeypatch, cell):
+  """Within the block, the job's cell ``(row, col)`` writes a few bytes of its temporary object and raises, as a
+  worker that fails half-way through a cell would (a wrapped ``_WriteCellFn``, in-process runners only)."""
+  from beam_job import outputs, sinks, transforms  # pylint: disable=import-outside-toplevel
+  process = transforms._WriteCellFn.process  # pylint: disable=protected-access
+
+  def failing(self, element, plan, broadcast):
+    shard = element[0]
+    if tuple(plan.cells[shard][:2]) != cell:
+      return process(self, element, plan, broadcast)
+    options = self._options  # pylint: disable=protected-access
+    path = sinks.attempt_path(outputs.temp_dir(options.output, plan.run), shard, plan.shard_count)
+    with sinks.open_shard(path, options.output_compression) as out:
+      out.write(b"partial")
+      raise RuntimeError(f"injected failure in cell {cell}")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(transforms._WriteCellFn, "process", failing)  # pylint: disable=protected-access
+    yield

@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp import gcsio
 
 from beam_job import cli, lease, outputs, publish, sinks
-from tests.helpers import assert_honest, make_example, manifest_builder, shards_of, temp_run, user_error, write_tfrecord
+from tests.helpers import assert_honest, failing_cell, make_example, manifest_builder, shards_of, temp_run, user_error, write_tfrecord
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RAW = CompressionTypes.UNCOMPRESSED
@@ -117,7 +117,8 @@ def test_a_job_whose_cell_fails_leaves_no_object_of_that_attempt_and_its_rerun_c
 
   monkeypatch.setattr(cli, "_abandon", watched)
   with pytest.raises(Exception, match=r"injected failure in cell \(0, 0\)"):
-    cli.run(argv, _fail_cell=(0, 0))  # cell (0, 0) is shard 0
+    with failing_cell(monkeypatch, (0, 0)):  # cell (0, 0) is shard 0
+      cli.run(argv)
   assert "plan.json" in seen["temp"], seen
   assert not [name for name in seen["temp"] if name.startswith("shard-00000-")], seen  # the attempt was cancelled
   assert _under(gcs_prefix) == []  # the failed run removed its objects and its lease

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from beam_job import cli, tfrecord, verify
-from tests.helpers import make_example, read_tfrecords, write_tfrecord
+from tests.helpers import failing_cell, make_example, read_tfrecords, write_tfrecord
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +46,15 @@ def _shard_bytes(prefix):
   return [open(p, "rb").read() for p in sorted(glob.glob(f"{prefix}-*-of-*.tfrecord*"))]
 
 
-def test_a_cell_that_fails_leaves_no_shard_and_no_summary_and_the_rerun_is_identical(small, tmp_path):
+def test_a_cell_that_fails_leaves_no_shard_and_no_summary_and_the_rerun_is_identical(small, tmp_path, monkeypatch):
   argv = ["--left", small["left"], "--right", small["right"], "--strategy", "grid", "--target_shard_mb", "0.0003"]
   clean = tmp_path / "clean" / "pairs"
   summary = cli.run(argv + ["--output", str(clean)])
   assert summary["grid"]["cells"] >= 4
   out = tmp_path / "faulty" / "pairs"
   with pytest.raises(Exception, match=r"injected failure in cell \(1, 0\)"):
-    cli.run(argv + ["--output", str(out)], _fail_cell=(1, 0))
+    with failing_cell(monkeypatch, (1, 0)):
+      cli.run(argv + ["--output", str(out)])
   assert os.listdir(out.parent) == []  # the failed run removed its temporary objects and its lease
   rerun = cli.run(argv + ["--output", str(out)])  # no --overwrite needed: nothing final was published
   assert _shard_bytes(out) == _shard_bytes(clean)
