@@ -13,7 +13,7 @@ $(STAMP): setup.py
 
 .PHONY: demo test
 demo: $(STAMP)
-	$(BIN)/python -m beam_job.sample sample
+	$(BIN)/python -m beam_job.demo_data sample
 	$(BIN)/python -m beam_job --left sample/users.tfrecord --right sample/items.tfrecord \
 	  --output sample/out/pairs --overwrite > sample/run.json
 	$(BIN)/python -m beam_job.report sample/out/pairs

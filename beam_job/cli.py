@@ -302,8 +302,6 @@ def run(argv: Optional[List[str]] = None, progress_stream=None) -> Optional[dict
   _check_beam_flags(parser, beam_args)
   args.output = outputs.normalize(args.output)
   _check_prefix(args.output)
-  if args.right and args.self_join:
-    raise JobError("--self_join applies only when --right is omitted")
   left_patterns, right_patterns = sources.split_patterns(args.left), sources.split_patterns(args.right or "")
   if args.right is not None and not right_patterns:
     raise JobError("--right names no file pattern; omit it to pair --left with itself")

@@ -23,6 +23,7 @@ from apache_beam.utils import shared
 from beam_job import (cells, describe, examples, lease, output_schema, outputs, planning, publish, running_modes,
                       sampling, sinks, sources)
 from beam_job.errors import JobError
+from beam_job.planning import SIDES
 
 _LOG = logging.getLogger(__name__)
 NAMESPACE = "beam_job"
@@ -30,7 +31,6 @@ COLLISIONS = ("error", "prefix", "left", "right")
 ON_CORRUPT = ("fail", "skip")
 STRATEGIES = ("auto", "broadcast", "grid")
 OUTPUT_COMPRESSIONS = ("uncompressed", "gzip")
-SIDES = ("left", "right")
 
 
 class Corrupt(NamedTuple):

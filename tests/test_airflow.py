@@ -28,7 +28,7 @@ import tempfile
 
 import pytest
 
-from beam_job import cli, sample
+from beam_job import cli, demo_data
 from tests.helpers import parse, read_tfrecords
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -254,7 +254,7 @@ def _dags_test(airflow, conf: dict):
 
 
 def test_beam_dag_runs_the_job_end_to_end(airflow, tmp_path):
-  sample.main(str(tmp_path / "in"))  # 20 users, 15 items
+  demo_data.main(str(tmp_path / "in"))  # 20 users, 15 items
   output = str(tmp_path / "out" / "pairs")
   conf = {"left": str(tmp_path / "in" / "users.tfrecord"), "right": str(tmp_path / "in" / "items.tfrecord"),
           "output": output, "target_shard_mb": 0.001, "overwrite": True, "runner": "DirectRunner",

@@ -27,7 +27,7 @@ import sys
 import pytest
 
 from beam_job import cli
-from beam_job import sample
+from beam_job import demo_data
 from beam_job.errors import JobError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -362,7 +362,7 @@ def test_entry_file_turns_boolean_parameters_into_switches():
 
 def test_entry_file_runs_the_job_locally(tmp_path, capsys):
   """On the DirectRunner the entry file is the plain CLI: it waits and prints the summary."""
-  sample.main(str(tmp_path / "in"), left=4, right=3)
+  demo_data.main(str(tmp_path / "in"), left=4, right=3)
   capsys.readouterr()
   code = _entry_module().main([f"--left={tmp_path}/in/users.tfrecord", f"--right={tmp_path}/in/items.tfrecord",
                                f"--output={tmp_path}/out/pairs", "--overwrite=false", "--runner=DirectRunner"])
@@ -488,7 +488,7 @@ def fake_dataflow(monkeypatch):
 
 
 def _dataflow_argv(tmp_path):
-  sample.main(str(tmp_path / "in"), left=4, right=3)
+  demo_data.main(str(tmp_path / "in"), left=4, right=3)
   return [f"--left={tmp_path}/in/users.tfrecord", f"--right={tmp_path}/in/items.tfrecord",
           f"--output={tmp_path}/out/pairs", "--overwrite=true", "--project=my-project", "--region=us-central1",
           "--temp_location=gs://my-bucket/tmp", "--staging_location=gs://my-bucket/staging",

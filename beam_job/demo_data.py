@@ -1,4 +1,4 @@
-"""Writes a small sample pair of datasets (users and items) for trying the job: ``python -m beam_job.sample DIR``."""
+"""Writes a small sample pair of datasets (users and items) for trying the job: ``python -m beam_job.demo_data DIR``."""
 
 import os
 import random
