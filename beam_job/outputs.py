@@ -17,7 +17,9 @@ from apache_beam.io.filesystems import FileSystems
 from beam_job.errors import JobError
 
 SUMMARY, SCHEMA, DEAD_LETTERS, LEASE = "summary.json", "schema.pbtxt", "corrupt.jsonl", "lease.json"
-_SHARD = re.compile(r"(\d{5,})-of-(\d{5,})\.tfrecord(\.gz)?")
+# A shard is ``{output}-{shard}-of-{count}{suffix}``: ``shard_name`` writes it and ``_SHARD`` reads it back.
+_SUFFIXES = {"uncompressed": ".tfrecord", "gzip": ".tfrecord.gz"}
+_SHARD = re.compile(r"(\d{5,})-of-(\d{5,})(" + "|".join(map(re.escape, _SUFFIXES.values())) + ")")
 _TEMP = re.compile(r"temp-([0-9a-f]{12})")
 # What a run writes in its temporary folder; anything else there is not the job's and is never deleted.
 _TEMP_FILES = re.compile(r"shard-\d{5,}-[0-9a-f]{32}|manifest\.json(\.tmp)?|plan\.(json|tmp)|text-\d+\.tmp|summary\.tmp|"
@@ -32,8 +34,7 @@ def shard_width(count: int) -> int:
 
 def shard_name(output: str, shard: int, count: int, compression: str) -> str:
   width = shard_width(count)
-  suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
-  return f"{output}-{shard:0{width}d}-of-{count:0{width}d}{suffix}"
+  return f"{output}-{shard:0{width}d}-of-{count:0{width}d}{_SUFFIXES[compression]}"
 
 
 def summary_path(output: str) -> str:
