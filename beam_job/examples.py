@@ -8,7 +8,7 @@ concatenation (``example_bytes``). Entries are sorted by name, so bytes are dete
 """
 
 import bisect
-from typing import AbstractSet, Dict, NamedTuple, Optional, Set, Tuple
+from typing import AbstractSet, Dict, NamedTuple, Optional, Tuple
 
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -96,14 +96,17 @@ def parse_example(serialized: bytes):
 
 
 KINDS = {"int64_list": "INT", "float_list": "FLOAT", "bytes_list": "BYTES"}
+Shape = Tuple[str, Optional[str], int]  # (output name, value list kind or None, number of values)
 
 
 def prepare(serialized: bytes, prefix: str = "", select: Optional[AbstractSet[str]] = None,
-            types: Optional[Dict[str, Set[str]]] = None) -> Prepared:
+            shapes: Optional[Dict[Shape, int]] = None) -> Prepared:
   """Encodes one record's features as map entries, keeping ``select`` (if given) and renaming with ``prefix``.
 
-  ``types``, when given, gains each kept feature's name with the kind of its value list (``KINDS``; none for
-  a feature without one), learned from this one parse for the output's schema.
+  ``shapes``, when given, counts each kept feature under ``(name, kind, number of values)``: the oneof kind of
+  its value list (a key of ``KINDS``) and its length, or ``None`` and 0 for a ``Feature`` with no list (TFX's
+  CSV ExampleGen writes one for an empty cell; tf.io and TFDV count it as missing). Learned in this one parse
+  for the output's schema (``output_schema``); one dict update per feature.
   """
   feature_map = parse_example(serialized).features.feature
   keys, ends, entries = [], [], []
@@ -112,14 +115,14 @@ def prepare(serialized: bytes, prefix: str = "", select: Optional[AbstractSet[st
     if select is not None and name not in select:
       continue
     feature = feature_map[name]
-    if types is not None:
-      kinds = types.setdefault(prefix + name, set())
+    name = prefix + name
+    if shapes is not None:
       kind = feature.WhichOneof("kind")
-      if kind is not None:
-        kinds.add(KINDS[kind])
-    entry = encode_entry(prefix + name, feature.SerializeToString(deterministic=True))
+      shape = (name, kind, len(getattr(feature, kind).value)) if kind else (name, None, 0)
+      shapes[shape] = shapes.get(shape, 0) + 1
+    entry = encode_entry(name, feature.SerializeToString(deterministic=True))
     end += len(entry)
-    keys.append(prefix + name)
+    keys.append(name)
     ends.append(end)
     entries.append(entry)
   return Prepared(tuple(keys), tuple(ends), b"".join(entries))

@@ -9,7 +9,7 @@ import collections.abc
 import dataclasses
 import functools
 import math
-from typing import Dict, FrozenSet, Iterator, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, Optional, Tuple
 
 from beam_job import sampling
 from beam_job.errors import JobError
@@ -53,7 +53,7 @@ class SideStats:
   bad: Dict[str, Tuple[int, ...]]  # source -> sorted indexes of records left out as corrupt
   payload_bytes: int  # encoded feature entries of all good records
   keys: FrozenSet[str]  # every feature name seen (after renaming)
-  types: Dict[str, FrozenSet[str]] = dataclasses.field(default_factory=dict)  # name -> kinds of its values
+  features: Dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> output_schema.Values
 
   @property
   def count(self) -> int:

@@ -93,14 +93,15 @@ class ReadExamples(beam.PTransform):
 
 class _Tally:
   """What a bundle (or several, merged) learned about one side: good records and payload bytes per source,
-  corrupt indexes, feature names with the kinds of their values, and each source's exact indexes
-  (``planning.IndexRuns``), which must be 0, 1, 2, ... as ordinals need."""
+  corrupt indexes, how many records hold each feature name with each kind and length of value list (for the
+  schema, ``examples.prepare``'s shapes), and each source's exact indexes (``planning.IndexRuns``), which must
+  be 0, 1, 2, ... as ordinals need."""
 
   def __init__(self):
     self.good = collections.Counter()
     self.bad = {}
     self.size = 0
-    self.types = {}
+    self.shapes = {}
     self.indexes = {}
 
   def add(self, source: str, index: int, prepared: Optional[examples.Prepared]) -> None:
@@ -119,8 +120,8 @@ class _Tally:
     for source, found in other.bad.items():
       self.bad.setdefault(source, []).extend(found)
     self.size += other.size
-    for name, kinds in other.types.items():
-      self.types.setdefault(name, set()).update(kinds)
+    for shape, records in other.shapes.items():
+      self.shapes[shape] = self.shapes.get(shape, 0) + records
     for source, runs in other.indexes.items():
       self.indexes.setdefault(source, planning.IndexRuns()).merge(runs)
 
@@ -131,9 +132,9 @@ class _Tally:
         raise JobError(f"the records of source {source!r} are not numbered 0, 1, 2, ... without gaps or repeats "
                        f"({problem}): the runner lost or repeated records, or the indexes of a PCollection "
                        "given to CrossProduct are not positions")
+    features = output_schema.side_features(self.shapes)
     return planning.SideStats(good=dict(self.good), bad={s: tuple(sorted(i)) for s, i in self.bad.items()},
-                              payload_bytes=self.size, keys=frozenset(self.types),
-                              types={name: frozenset(kinds) for name, kinds in self.types.items()})
+                              payload_bytes=self.size, keys=frozenset(features), features=features)
 
 
 class _PrepareFn(beam.DoFn):
@@ -160,7 +161,7 @@ class _PrepareFn(beam.DoFn):
     source, index, payload = element
     if not isinstance(payload, Corrupt):
       try:
-        prepared = examples.prepare(payload, self._prefix, self._select, self._tally.types)
+        prepared = examples.prepare(payload, self._prefix, self._select, self._tally.shapes)
       except ValueError as e:
         payload = Corrupt(-1, str(e))
         if self._on_corrupt == "fail":
@@ -411,10 +412,11 @@ class _FinalizeFn(beam.DoFn):
     }
     if self._inputs is not None:
       summary["inputs"] = self._inputs
-    types = [(side, {name: kinds for name, kinds in stats.types.items() if kinds})  # valued features only
-             for side, stats in enumerate((left_stats, right_stats))]
-    schema = output_schema.merged_types(types, options.index_names())
-    texts = {outputs.schema_path(output): output_schema.to_pbtxt(schema)}
+    features = output_schema.output_features(
+        (left_stats.features, right_stats.features), (plan.left_count, plan.right_count),
+        collision=options.collision, pairs=summary["pairs"], self_join=self._self_join,
+        sampled=options.sample_rate < 1, index_names=options.index_names())
+    texts = {outputs.schema_path(output): output_schema.to_pbtxt(features)}
     if corrupt:  # the dead-letter list, one JSON object per line, published before the summary announces it
       texts[outputs.dead_letter_path(output)] = "".join(json.dumps(c, sort_keys=True) + "\n"
                                                         for c in summary["corrupt"])

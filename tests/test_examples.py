@@ -385,25 +385,29 @@ def test_unknown_field_inside_a_feature_is_kept():
 # --- what the one parse learns: names and kinds for the schema, and names read back from a payload -----------
 
 
-def _tfx_bsl_types(serialized: bytes) -> dict:
-  """Feature name -> kind, as tfx-bsl's Example decoder (TFX's own reader) types the record's columns."""
+def _tfx_bsl_shapes(serialized: bytes) -> dict:
+  """Feature name -> (kind, number of values), or (None, 0) for a missing (null) value, as tfx-bsl's Example
+  decoder (TFX's own reader, the input of TFDV's statistics) reads the record's columns."""
   from tfx_bsl.coders import example_coder  # pylint: disable=import-outside-toplevel
   arrow = {"int64": "INT", "float": "FLOAT", "large_binary": "BYTES", "binary": "BYTES"}
-  schema = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch([serialized]).schema
-  return {field.name: {arrow[str(field.type.value_type)]} for field in schema
-          if getattr(field.type, "value_type", None) is not None}  # a null column: no value list
+  batch = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch([serialized])
+  shapes = {}
+  for field, column in zip(batch.schema, batch.columns):
+    value = column.to_pylist()[0]
+    shapes[field.name] = (None, 0) if value is None else (arrow[str(field.type.value_type)], len(value))
+  return shapes
 
 
 @settings(max_examples=200, deadline=None)
 @given(tf_examples(names=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                                  max_size=12)),
        st.sampled_from(["", "left_"]))
-def test_prepare_types_are_what_tfx_bsl_decodes(example, prefix):
+def test_prepare_shapes_are_what_tfx_bsl_decodes(example, prefix):
   # (tfx-bsl cuts a name at its first NUL character; the job keeps the whole name.)
-  types = {}
-  prepared = examples.prepare(serialize(example), prefix, None, types)
-  assert set(types) == set(prepared.keys)
-  assert {name: kinds for name, kinds in types.items() if kinds} == _tfx_bsl_types(
+  shapes = {}
+  prepared = examples.prepare(serialize(example), prefix, None, shapes)
+  assert sorted(name for name, _, _ in shapes) == sorted(prepared.keys) and set(shapes.values()) <= {1}
+  assert {name: (examples.KINDS.get(kind), length) for name, kind, length in shapes} == _tfx_bsl_shapes(
       examples.example_bytes(prepared.payload, b""))
 
 

@@ -255,10 +255,10 @@ def test_schema_of_a_collision_holds_both_sides_kinds(tmp_path, policy):
   summary = cli.run(["--left", left, "--right", right, "--output", str(tmp_path / "pairs"), "--collision", policy])
   schema = text_format.Parse(open(summary["schema"]).read(), schema_pb2.Schema())
   types = {f.name: f.HasField("type") and f.type for f in schema.feature}
-  # Under left, 'a' is an int in one pair and a float in the other; under right every pair here takes the float,
-  # but the loser's int survives wherever a winning record lacks 'a': the union of both sides, so no single
-  # type; 'b' is an int either way.
-  assert types == {"a": False, "b": schema_pb2.INT, "x": schema_pb2.INT}
+  # Under left, 'a' is an int in one pair and, where the left record lacks it, the right record's float in the
+  # other: the union of what can appear, so no single type. Under right the one right record has 'a', so every
+  # pair takes its float and the loser's int cannot appear. 'b' is an int either way.
+  assert types == {"a": False if policy == "left" else schema_pb2.FLOAT, "b": schema_pb2.INT, "x": schema_pb2.INT}
   kinds = {parse(r).features.feature["a"].WhichOneof("kind") for r in read_tfrecords(summary["shards"])}
   assert kinds == ({"int64_list", "float_list"} if policy == "left" else {"float_list"})
 
