@@ -6,9 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 $(STAMP): setup.py
+	@echo "make: installing the job and its test dependencies into $(VENV) (setup.py changed or first run;" \
+	  "about 1 min with pip's cache warm, longer while TensorFlow and Beam download)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --progress-bar off -e '.[test]'
+	@echo "make: $(VENV) is ready"
 	touch $(STAMP)
 
 .PHONY: demo test

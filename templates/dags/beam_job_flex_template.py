@@ -17,13 +17,17 @@ The connection is ``google_cloud_default``.
 
 from __future__ import annotations
 
+import json
+import os
+
 from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
 from airflow.sdk import DAG, Param, get_current_context, task
 
-# The template's parameters that are the job's flags (templates/metadata.json; tests/test_airflow.py checks it).
-JOB_PARAMETERS = ("left", "right", "output", "compression", "output_compression", "collision", "left_prefix",
-                  "right_prefix", "self_join", "on_corrupt", "max_pairs", "strategy", "target_shard_mb",
-                  "overwrite", "left_features", "right_features", "index_features", "sample_rate", "seed")
+# The job's flags, written from their one definition (``python -m beam_job.options``; a test checks the file):
+# each as an Airflow Param, null meaning the job's default; those the template takes are sent.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "job_flags.json"), encoding="utf-8") as _f:
+  _JOB_FLAGS = [flag for flag in json.load(_f) if flag["template"]]
+JOB_PARAMETERS = tuple(flag["name"] for flag in _JOB_FLAGS)
 
 
 def flex_template_body(params: dict, *, template_file: str, sdk_container_image: str = "",
@@ -55,25 +59,7 @@ with DAG(
     catchup=False,
     tags=["beam", "beam_job", "dataflow"],
     params={
-        "left": Param(None, type=["null", "string"], description="Left file pattern(s) (required)."),
-        "right": Param(None, type=["null", "string"], description="Right file pattern(s); null: self join."),
-        "output": Param(None, type=["null", "string"], description="Output prefix (required)."),
-        "compression": Param(None, type=["null", "string"]),
-        "output_compression": Param(None, type=["null", "string"]),
-        "collision": Param(None, type=["null", "string"]),
-        "left_prefix": Param(None, type=["null", "string"]),
-        "right_prefix": Param(None, type=["null", "string"]),
-        "self_join": Param(None, type=["null", "string"]),
-        "on_corrupt": Param(None, type=["null", "string"]),
-        "max_pairs": Param(None, type=["null", "integer"], minimum=0),
-        "strategy": Param(None, type=["null", "string"]),
-        "target_shard_mb": Param(None, type=["null", "number"], exclusiveMinimum=0),
-        "overwrite": Param(False, type="boolean"),
-        "left_features": Param(None, type=["null", "string"]),
-        "right_features": Param(None, type=["null", "string"]),
-        "index_features": Param(False, type="boolean"),
-        "sample_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1),
-        "seed": Param(None, type=["null", "integer"]),
+        **{flag["name"]: Param(**flag["param"]) for flag in _JOB_FLAGS},
         "template_file": Param(None, type=["null", "string"], description="gs:// path of the template spec."),
         "sdk_container_image": Param(None, type=["null", "string"], description="The template's image."),
         "temp_location": Param(None, type=["null", "string"]),
