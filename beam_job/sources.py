@@ -43,8 +43,21 @@ def absolute(path: str) -> str:
   return os.path.abspath(path) if FileSystems.get_scheme(path) is None else path
 
 
+# A comma separates patterns unless a backslash escapes it: ``a\,b.tfrecord`` is one file named ``a,b.tfrecord``.
+_SEPARATOR = re.compile(r"(?<!\\),")
+COMMA_HINT = r"a comma separates patterns; write \, for a comma inside a file name"
+
+
 def split_patterns(value: str) -> List[str]:
-  return [absolute(pattern.strip()) for pattern in value.split(",") if pattern.strip()]
+  r"""The patterns of a ``--left``/``--right`` value: split at commas, ``\,`` kept as a comma, local ones made
+  absolute. Beam's globs have no escapes of their own, so ``\,`` means nothing else to them."""
+  pieces = (piece.strip().replace("\\,", ",") for piece in _SEPARATOR.split(value))
+  return [absolute(piece) for piece in pieces if piece]
+
+
+def escape_commas(path: str) -> str:
+  """``path`` as one pattern of a ``--left``/``--right`` value, whatever commas its name holds."""
+  return path.replace(",", "\\,")
 
 
 def match_files(patterns: Sequence[str], flag: str) -> List[str]:
@@ -61,7 +74,7 @@ def match_sizes(patterns: Sequence[str], flag: str) -> Dict[str, int]:
   if not patterns:
     raise JobError(f"{flag} names no file pattern")
   paths = {}
-  for pattern in patterns:
+  for position, pattern in enumerate(patterns):
     bad = _not_files(pattern)
     if bad:
       path, problem = bad[0]
@@ -72,9 +85,19 @@ def match_sizes(patterns: Sequence[str], flag: str) -> Dict[str, int]:
     except Exception as e:  # Beam raises BeamIOError with a dict of causes
       raise JobError(f"{flag} pattern {pattern!r} cannot be read: {e}") from None
     if not found:
-      raise JobError(f"{flag} pattern {pattern!r} matches no file")
+      hint = f" ({COMMA_HINT})" if _matches_nothing(patterns[position + 1:position + 2]) else ""
+      raise JobError(f"{flag} pattern {pattern!r} matches no file{hint}")
     paths.update((meta.path, meta.size_in_bytes) for meta in found)
   return paths
+
+
+def _matches_nothing(patterns: Sequence[str]) -> bool:
+  """Whether the pattern after one that matched nothing (if any) matches nothing either: then the two are
+  likely one file name cut at a comma (``a,b.tfrecord``), and the error says how to write it."""
+  try:
+    return bool(patterns) and not FileSystems.match(list(patterns))[0].metadata_list
+  except Exception:  # pylint: disable=broad-except  # only a hint: its own error comes when its turn comes
+    return False
 
 
 _SPECIAL = ((stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file: the job reads each input more than "
@@ -288,3 +311,4 @@ def read_file(path: str, compression: str) -> Iterator[tfrecord.Record]:
         index, offset = record.index + 1, stream.count  # the frame was read to its end
   except (EOFError, gzip.BadGzipFile, zlib.error, BadCompressedData) as e:
     yield tfrecord.Record(index, offset, None, f"cannot decompress {kind} data: {e}", True)
+

@@ -166,3 +166,80 @@ def test_compression_help_lists_every_extension_auto_detects(capsys):
     assert re.search(re.escape(suffix) + r"(, \.[a-z0-9]+)* -> " + kind, text), (suffix, text)
   assert "(.gz, .gzip -> gzip; .zlib, .deflate -> zlib; .bz2 -> bzip2; .lzma, .xz -> lzma; .zst, .zstd -> zstd " \
          "(refused)), other names are read uncompressed." in text
+
+
+# --- A comma in a file name ----------------------------------------------------------------------------------
+
+
+def test_split_patterns_keeps_an_escaped_comma():
+  here = os.getcwd()
+  assert sources.split_patterns(r"a\,b.tfrecord, c*,gs://b/x\,y-*.gz") == [
+      os.path.join(here, "a,b.tfrecord"), os.path.join(here, "c*"), "gs://b/x,y-*.gz"]
+  assert sources.split_patterns(sources.escape_commas("/d/1,2,3.tfrecord")) == ["/d/1,2,3.tfrecord"]
+
+
+@pytest.fixture(name="comma")
+def _comma(tmp_path):
+  """``in/a,b.tfrecord`` (2 records) beside ``in/users.tfrecord`` (3 records)."""
+  os.makedirs(tmp_path / "in")
+  write_tfrecord(str(tmp_path / "in" / "users.tfrecord"), [make_example({"u": [k]}) for k in range(3)])
+  return write_tfrecord(str(tmp_path / "in" / "a,b.tfrecord"), [make_example({"c": [k]}) for k in range(2)])
+
+
+@pytest.mark.parametrize("how", ["escaped", "escaped_with_equals", "literal_file", "shell_expanded"])
+def test_a_file_with_a_comma_in_its_name_is_read(comma, tmp_path, capsys, how):
+  users = str(tmp_path / "in" / "users.tfrecord")
+  left = {"escaped": ["--left", sources.escape_commas(comma)],
+          "escaped_with_equals": ["--left=" + sources.escape_commas(comma)],  # as the templates pass it
+          "literal_file": ["--left", comma],
+          "shell_expanded": ["--left", comma, users]}[how]  # an unquoted in/*: each name its own value
+  prefix = str(tmp_path / "out" / "pairs")
+  assert cli.main([*left, "--right", users, "--output", prefix, "--collision", "prefix"]) == 0
+  with open(f"{prefix}-summary.json", encoding="utf-8") as f:
+    summary = json.load(f)
+  left_records = 5 if how == "shell_expanded" else 2
+  assert (summary["left_records"], summary["right_records"], summary["pairs"]) == (left_records, 3, left_records * 3)
+  capsys.readouterr()
+
+
+def test_verify_reads_a_file_with_a_comma_in_its_name(comma, tmp_path, capsys):
+  from beam_job import verify
+  users = str(tmp_path / "in" / "users.tfrecord")
+  flags = ["--left", sources.escape_commas(comma), "--right", users, "--output", str(tmp_path / "out" / "pairs"),
+           "--collision", "prefix"]
+  assert cli.main(flags) == 0
+  assert verify.main(flags) == 0
+  assert capsys.readouterr().out.splitlines()[-1].startswith("verified 6 pairs in 1 shard(s)")
+
+
+def test_a_name_cut_at_a_comma_is_refused_with_the_escape_hint(comma, tmp_path, capsys):
+  pattern = str(tmp_path / "in" / "a,b*.tfrecord")  # a glob, so not an existing file: split at the comma
+  _refused(capsys, ["--left", pattern, "--output", str(tmp_path / "out" / "pairs")],
+           f"--left pattern {str(tmp_path / 'in' / 'a')!r} matches no file (a comma separates patterns; write \\, "
+           "for a comma inside a file name)")
+
+
+def test_a_missing_pattern_beside_one_that_matches_gets_no_comma_hint(comma, tmp_path, capsys):
+  missing = str(tmp_path / "in" / "missing.tfrecord")
+  users = str(tmp_path / "in" / "users.tfrecord")
+  _refused(capsys, ["--left", f"{missing},{users}", "--output", str(tmp_path / "out" / "pairs")],
+           f"--left pattern {missing!r} matches no file")
+
+
+def test_a_gcs_object_with_a_comma_in_its_name_is_read(gcs_prefix, tmp_path, capsys):
+  from apache_beam.io.filesystem import CompressionTypes
+  from apache_beam.io.filesystems import FileSystems
+  os.makedirs(tmp_path / "in")
+  local = write_tfrecord(str(tmp_path / "in" / "x.tfrecord"), [make_example({"c": [k]}) for k in range(2)])
+  with open(local, "rb") as f, FileSystems.create(f"{gcs_prefix}/x,y.tfrecord",
+                                                   compression_type=CompressionTypes.UNCOMPRESSED) as out:
+    out.write(f.read())
+  users = write_tfrecord(str(tmp_path / "in" / "users.tfrecord"), [make_example({"u": [k]}) for k in range(3)])
+  summary = cli.run(["--left", f"{gcs_prefix}/x\\,y.tfrecord", "--right", users, "--output",
+                     str(tmp_path / "out" / "pairs")])
+  assert (summary["left_records"], summary["pairs"]) == (2, 6)
+  _refused(capsys, ["--left", f"{gcs_prefix}/x,y.tfrecord", "--right", users, "--output",
+                    str(tmp_path / "out2" / "pairs")],
+           f"--left pattern '{gcs_prefix}/x' matches no file (a comma separates patterns; write \\, for a comma "
+           "inside a file name)")
+
