@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import zlib
-from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
@@ -312,3 +312,81 @@ def read_file(path: str, compression: str) -> Iterator[tfrecord.Record]:
   except (EOFError, gzip.BadGzipFile, zlib.error, BadCompressedData) as e:
     yield tfrecord.Record(index, offset, None, f"cannot decompress {kind} data: {e}", True)
 
+
+def describe_record(path: str, index: int, offset: int, problem: str, rest_lost: bool = False,
+                    kind: str = "uncompressed") -> str:
+  """``PATH: record I (byte N): PROBLEM``: what is wrong with one record, and where. The offset is the frame's
+  (-1: unknown, left out); in a compressed file it counts the decompressed bytes, and says so."""
+  where = f"{path}: record {index}"
+  if offset >= 0:
+    where += f" (byte {offset}" + (f" of the decompressed {kind} data)" if kind != "uncompressed" else ")")
+  return f"{where}: {problem}" + ("; the rest of the file cannot be read" if rest_lost else "")
+
+
+def corrupt_input(path: str, index: int, offset: int, problem: str, rest_lost: bool = False,
+                  kind: str = "uncompressed") -> str:
+  """The error for a corrupt record under ``--on_corrupt fail``: the job's and ``beam_job.verify``'s."""
+  where = describe_record(path, index, offset, problem, rest_lost, kind)
+  return f"corrupt input {where} (--on_corrupt skip leaves it out)"
+
+
+class _Cursor(NamedTuple):
+  path: str
+  kind: str
+  frames: Iterator[tfrecord.Record]
+  record: Optional[tfrecord.Record]  # the last frame read, None before the first
+
+
+class RecordFinder:
+  """Finds again where a record sits in its file, for the message about a record that was read whole but is
+  bad all the same (a payload that is not a ``tf.train.Example``).
+
+  Readers pass records on as ``(path, index, payload)``, without their offsets, so that the offsets cost
+  nothing on the way of the good ones; on this failure path the file is read again instead. A record counts as
+  found only where the file's frame of that index holds the very same bytes, so a source that is not a file
+  (a PCollection of your own) or a compression other than the one tried gives no offset rather than a wrong
+  one: the compression the file's name implies is tried first, then the others ``--compression`` can name.
+  Reading goes on from the last record found, so a file of many bad records is read once more, not once per
+  record. ``close`` ends the read that is open.
+  """
+
+  def __init__(self):
+    self._cursor: Optional[_Cursor] = None
+    self._unknown = set()  # sources where a record was not found: the records do not come from that file
+
+  def find(self, path: str, index: int, payload: bytes) -> Optional[Tuple[int, str]]:
+    """``(offset, compression)`` of record ``index`` of ``path`` if that frame holds ``payload``, else None."""
+    if path in self._unknown:
+      return None
+    kinds = [detect_compression(path, "auto"), *COMPRESSIONS[1:]]
+    if self._cursor is not None and self._cursor.path == path:
+      kinds.insert(0, self._cursor.kind)
+    for kind in dict.fromkeys(kinds):
+      record = self._advance(path, kind, index)
+      if record is not None and record.index == index and record.payload == payload:
+        return record.offset, kind
+    self.close()
+    self._unknown.add(path)
+    return None
+
+  def _advance(self, path: str, kind: str, index: int) -> Optional[tfrecord.Record]:
+    """The frame ``index`` of ``path`` read as ``kind`` (or the last one before the file ends)."""
+    cursor = self._cursor
+    behind = cursor is not None and cursor.record is not None and cursor.record.index > index
+    if cursor is None or (cursor.path, cursor.kind) != (path, kind) or behind:
+      self.close()
+      cursor = self._cursor = _Cursor(path, kind, read_file(path, kind), None)
+    record = cursor.record
+    try:
+      while record is None or record.index < index:
+        record = next(cursor.frames)
+    except Exception:  # pylint: disable=broad-except  # its end, or not a file that can be read so
+      self.close()
+      return record
+    self._cursor = cursor._replace(record=record)
+    return record
+
+  def close(self) -> None:
+    if self._cursor is not None:
+      self._cursor.frames.close()
+      self._cursor = None

@@ -243,3 +243,71 @@ def test_a_gcs_object_with_a_comma_in_its_name_is_read(gcs_prefix, tmp_path, cap
            f"--left pattern '{gcs_prefix}/x' matches no file (a comma separates patterns; write \\, for a comma "
            "inside a file name)")
 
+
+# --- The byte offset of a payload that is not an Example ------------------------------------------------------
+
+NOT_AN_EXAMPLE = b"\x12\x03abc"  # field 2: what a SequenceExample's feature_lists look like
+NOT_AN_EXAMPLE_PROBLEM = ("payload has field 2 (length-delimited), not a tf.train.Example (whose only field is 1, "
+                          "Features); it looks like a tf.train.SequenceExample, whose feature_lists would be lost")
+
+
+def _with_a_bad_payload(path, compression=None):
+  """Records 0, 1 good, record 2 not an Example; returns (path, the frame offset of record 2)."""
+  good = [make_example({"c": [k]}) for k in range(2)]
+  write_tfrecord(path, good + [NOT_AN_EXAMPLE], compression)
+  return str(path), sum(16 + len(record) for record in good)
+
+
+@pytest.mark.parametrize("name, compression, where", [
+    ("bad.tfrecord", "auto", ""),
+    ("bad.tfrecord.gz", "auto", " of the decompressed gzip data"),
+    ("bad.tfrecord", "gzip", " of the decompressed gzip data"),  # gzip data, named as if not
+    ("bad.zz", "zlib", " of the decompressed zlib data"),
+], ids=["plain", "gzip", "gzip_without_suffix", "zlib"])
+def test_a_payload_that_is_not_an_example_is_named_with_its_byte_offset(left, tmp_path, capsys, name, compression,
+                                                                        where):
+  kind = {"auto": "GZIP" if name.endswith(".gz") else None, "gzip": "GZIP", "zlib": "ZLIB"}[compression]
+  bad, offset = _with_a_bad_payload(tmp_path / "in" / name, kind)
+  expected = (f"corrupt input {bad}: record 2 (byte {offset}{where}): {NOT_AN_EXAMPLE_PROBLEM} "
+              "(--on_corrupt skip leaves it out)")
+  _refused(capsys, ["--left", bad, "--output", str(tmp_path / "out" / "pairs"), "--compression", compression],
+           expected)
+  from beam_job import verify
+  assert verify.main(["--left", bad, "--output", str(tmp_path / "out" / "pairs"), "--compression", compression]) == 1
+  assert capsys.readouterr().err == f"verify failed: {expected}\n"  # the same words as the job's
+
+
+def test_the_dead_letter_entry_of_a_payload_that_is_not_an_example_has_its_offset(tmp_path, capsys):
+  os.makedirs(tmp_path / "in")
+  bad, offset = _with_a_bad_payload(tmp_path / "in" / "bad.tfrecord.gz", "GZIP")
+  users = write_tfrecord(str(tmp_path / "in" / "users.tfrecord"), [make_example({"u": [k]}) for k in range(3)])
+  prefix = str(tmp_path / "out" / "pairs")
+  assert cli.main(["--left", bad, "--right", users, "--output", prefix, "--on_corrupt", "skip"]) == 0
+  with open(f"{prefix}-corrupt.jsonl", encoding="utf-8") as f:
+    assert [json.loads(line) for line in f] == [{"file": bad, "record": 2, "offset": offset,
+                                                 "problem": NOT_AN_EXAMPLE_PROBLEM, "rest_of_file_lost": False}]
+  capsys.readouterr()
+
+
+def test_a_record_not_from_a_file_gets_no_offset(tmp_path):
+  """``CrossProduct`` on a PCollection of your own: its sources are not files, and a file of the same name that
+  holds other bytes gives no offset either (it is not where the record came from)."""
+  finder = sources.RecordFinder()
+  path, offset = _with_a_bad_payload(tmp_path / "bad.tfrecord")
+  assert finder.find("items", 2, NOT_AN_EXAMPLE) is None
+  assert finder.find(path, 2, NOT_AN_EXAMPLE + b"x") is None
+  assert sources.RecordFinder().find(path, 2, NOT_AN_EXAMPLE) == (offset, "uncompressed")
+  assert sources.describe_record("items", 2, -1, "bad") == "items: record 2: bad"
+
+
+def test_many_bad_records_of_one_file_are_found_in_one_more_read(tmp_path, monkeypatch):
+  path = write_tfrecord(str(tmp_path / "bad.tfrecord.gz"), [NOT_AN_EXAMPLE + bytes([k]) for k in range(50)], "GZIP")
+  opened = []
+  read_file = sources.read_file
+  monkeypatch.setattr(sources, "read_file", lambda *args: opened.append(args) or read_file(*args))
+  finder = sources.RecordFinder()
+  offsets = [finder.find(path, k, NOT_AN_EXAMPLE + bytes([k])) for k in range(50)]
+  finder.close()
+  assert offsets == [(k * (16 + len(NOT_AN_EXAMPLE) + 1), "gzip") for k in range(50)]
+  assert opened == [(path, "gzip")]
+
