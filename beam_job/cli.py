@@ -376,6 +376,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   for handler in logging.getLogger().handlers:
     handler.addFilter(_HideUserErrors())
+    handler.addFilter(quiet.WorkerStartupNoise())
   logging.getLogger("beam_job").setLevel(logging.INFO)
   # Dataflow's submission lines ("Created job with id", the console URL): Airflow's Beam operator reads them.
   logging.getLogger("apache_beam.runners.dataflow.internal.apiclient").setLevel(logging.INFO)

@@ -311,3 +311,28 @@ def test_many_bad_records_of_one_file_are_found_in_one_more_read(tmp_path, monke
   assert offsets == [(k * (16 + len(NOT_AN_EXAMPLE) + 1), "gzip") for k in range(50)]
   assert opened == [(path, "gzip")]
 
+
+# --- Multi-processing runs: the error line is the only line -------------------------------------------------
+
+
+@pytest.mark.parametrize("problem", ["not_an_example", "bad_crc"])
+def test_a_failing_multi_processing_run_prints_only_the_error_line(left, tmp_path, problem):
+  """Beam's SDK workers log startup warnings that the runner relays, and print the traceback of the failing
+  DoFn; a worker that starts late would print after the error line."""
+  if problem == "not_an_example":
+    bad, offset = _with_a_bad_payload(tmp_path / "in" / "bad.tfrecord")
+    expected = f"record 2 (byte {offset}): {NOT_AN_EXAMPLE_PROBLEM}"
+  else:
+    bad = write_tfrecord(str(tmp_path / "in" / "bad.tfrecord"), [make_example({"c": [k]}) for k in range(2)])
+    with open(bad, "r+b") as f:
+      f.seek(-1, os.SEEK_END)
+      last = f.read(1)
+      f.seek(-1, os.SEEK_END)
+      f.write(bytes([last[0] ^ 1]))
+    expected = f"record 1 (byte {16 + len(make_example({'c': [0]}))}): bad data CRC"
+  proc = subprocess.run([sys.executable, "-m", "beam_job", "--left", left, "--right", bad, "--output",
+                         str(tmp_path / "out" / "pairs"), "--direct_running_mode", "multi_processing",
+                         "--direct_num_workers", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert (proc.returncode, proc.stdout, proc.stderr) == (
+      2, "", f"error: corrupt input {bad}: {expected} (--on_corrupt skip leaves it out)\n")
