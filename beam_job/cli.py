@@ -93,13 +93,20 @@ def _names(text: str) -> tuple:
 
 
 class _Patterns(argparse.Action):
-  """One or more values, each a comma-separated list of file patterns, kept as one comma-separated string.
+  r"""One or more values, each a comma-separated list of file patterns, kept as one comma-separated string.
 
   An unquoted glob the shell expanded (``--right items/*.gz``) arrives as several values: every one is used.
+  A comma inside a file name is written ``\,``; a value that is the path of an existing local file is that
+  file, commas and all (escaped here), so a shell-expanded name such as ``a,b.tfrecord`` is not cut in two.
   """
 
   def __call__(self, parser, namespace, values, option_string=None):
-    setattr(namespace, self.dest, ",".join(values))
+    setattr(namespace, self.dest, ",".join(
+        sources.escape_commas(value) if "," in value and _is_local_file(value) else value for value in values))
+
+
+def _is_local_file(value: str) -> bool:
+  return FileSystems.get_scheme(value) is None and os.path.isfile(value)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,7 +121,8 @@ def make_parser(left_required: bool = True) -> argparse.ArgumentParser:
       "Writes every pairwise combination of two TFRecord datasets of tf.train.Example, each pair merged into "
       "one Example. Other flags go to Beam's PipelineOptions; a flag neither knows is an error."))
   parser.add_argument("--left", required=left_required, nargs="+", action=_Patterns,
-                      help="File pattern(s) of the left dataset: one or more values, each comma-separated.")
+                      help="File pattern(s) of the left dataset: one or more values, each comma-separated; write "
+                      "\\, for a comma inside a file name (a value that is an existing local file is taken whole).")
   parser.add_argument("--right", nargs="+", action=_Patterns,
                       help="File pattern(s) of the right dataset, as --left; omitted: pair --left with itself.")
   parser.add_argument("--output", required=True, help="Output prefix: PREFIX-SSSSS-of-NNNNN.tfrecord.")
@@ -376,6 +384,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   for handler in logging.getLogger().handlers:
     handler.addFilter(_HideUserErrors())
+    handler.addFilter(quiet.WorkerStartupNoise())
   logging.getLogger("beam_job").setLevel(logging.INFO)
   # Dataflow's submission lines ("Created job with id", the console URL): Airflow's Beam operator reads them.
   logging.getLogger("apache_beam.runners.dataflow.internal.apiclient").setLevel(logging.INFO)

@@ -4,9 +4,14 @@ When a DoFn raises ``JobError``, the CLI prints its one-line message. The in-pro
 traceback (``cli._HideUserErrors`` drops that record), but SDK workers in other processes (multi-processing
 DirectRunner) or threads (PortableRunner) print it straight to file descriptor 2. This filter puts a pipe on
 descriptor 2 for the duration of the run and forwards everything except traceback blocks about a JobError.
+
+``WorkerStartupNoise`` drops the warnings every SDK worker of a multi-processing run logs as it starts, which
+Beam relays to the runner's log: they say nothing about the job, and a worker that starts late (a loaded
+machine) would print them after the run's ``error:`` line.
 """
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -68,3 +73,16 @@ def terminal() -> TextIO:
   """The real stderr, for a last line written just before the process ends (``os._exit`` leaves no time for the
   filter's thread to forward it)."""
   return _terminal or sys.stderr
+
+
+# Logged by Beam itself in every local SDK worker (sdk_worker_main, and PipelineOptions when it meets the
+# DirectRunner's own flags), relayed by local_job_service as "Worker: ... message: "<text>" ...".
+_RELAY_LOGGER = "apache_beam.runners.portability.local_job_service"
+_STARTUP_MESSAGES = ('message: "No semi_persistent_directory found', 'message: "Discarding unparseable args')
+
+
+class WorkerStartupNoise(logging.Filter):
+  """Drops the relayed startup warnings of Beam's local SDK workers (see the module docstring)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.name == _RELAY_LOGGER and any(text in record.getMessage() for text in _STARTUP_MESSAGES))

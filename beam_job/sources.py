@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import zlib
-from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
@@ -43,8 +43,21 @@ def absolute(path: str) -> str:
   return os.path.abspath(path) if FileSystems.get_scheme(path) is None else path
 
 
+# A comma separates patterns unless a backslash escapes it: ``a\,b.tfrecord`` is one file named ``a,b.tfrecord``.
+_SEPARATOR = re.compile(r"(?<!\\),")
+COMMA_HINT = r"a comma separates patterns; write \, for a comma inside a file name"
+
+
 def split_patterns(value: str) -> List[str]:
-  return [absolute(pattern.strip()) for pattern in value.split(",") if pattern.strip()]
+  r"""The patterns of a ``--left``/``--right`` value: split at commas, ``\,`` kept as a comma, local ones made
+  absolute. Beam's globs have no escapes of their own, so ``\,`` means nothing else to them."""
+  pieces = (piece.strip().replace("\\,", ",") for piece in _SEPARATOR.split(value))
+  return [absolute(piece) for piece in pieces if piece]
+
+
+def escape_commas(path: str) -> str:
+  """``path`` as one pattern of a ``--left``/``--right`` value, whatever commas its name holds."""
+  return path.replace(",", "\\,")
 
 
 def match_files(patterns: Sequence[str], flag: str) -> List[str]:
@@ -61,7 +74,7 @@ def match_sizes(patterns: Sequence[str], flag: str) -> Dict[str, int]:
   if not patterns:
     raise JobError(f"{flag} names no file pattern")
   paths = {}
-  for pattern in patterns:
+  for position, pattern in enumerate(patterns):
     bad = _not_files(pattern)
     if bad:
       path, problem = bad[0]
@@ -72,9 +85,19 @@ def match_sizes(patterns: Sequence[str], flag: str) -> Dict[str, int]:
     except Exception as e:  # Beam raises BeamIOError with a dict of causes
       raise JobError(f"{flag} pattern {pattern!r} cannot be read: {e}") from None
     if not found:
-      raise JobError(f"{flag} pattern {pattern!r} matches no file")
+      hint = f" ({COMMA_HINT})" if _matches_nothing(patterns[position + 1:position + 2]) else ""
+      raise JobError(f"{flag} pattern {pattern!r} matches no file{hint}")
     paths.update((meta.path, meta.size_in_bytes) for meta in found)
   return paths
+
+
+def _matches_nothing(patterns: Sequence[str]) -> bool:
+  """Whether the pattern after one that matched nothing (if any) matches nothing either: then the two are
+  likely one file name cut at a comma (``a,b.tfrecord``), and the error says how to write it."""
+  try:
+    return bool(patterns) and not FileSystems.match(list(patterns))[0].metadata_list
+  except Exception:  # pylint: disable=broad-except  # only a hint: its own error comes when its turn comes
+    return False
 
 
 _SPECIAL = ((stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file: the job reads each input more than "
@@ -288,3 +311,82 @@ def read_file(path: str, compression: str) -> Iterator[tfrecord.Record]:
         index, offset = record.index + 1, stream.count  # the frame was read to its end
   except (EOFError, gzip.BadGzipFile, zlib.error, BadCompressedData) as e:
     yield tfrecord.Record(index, offset, None, f"cannot decompress {kind} data: {e}", True)
+
+
+def describe_record(path: str, index: int, offset: int, problem: str, rest_lost: bool = False,
+                    kind: str = "uncompressed") -> str:
+  """``PATH: record I (byte N): PROBLEM``: what is wrong with one record, and where. The offset is the frame's
+  (-1: unknown, left out); in a compressed file it counts the decompressed bytes, and says so."""
+  where = f"{path}: record {index}"
+  if offset >= 0:
+    where += f" (byte {offset}" + (f" of the decompressed {kind} data)" if kind != "uncompressed" else ")")
+  return f"{where}: {problem}" + ("; the rest of the file cannot be read" if rest_lost else "")
+
+
+def corrupt_input(path: str, index: int, offset: int, problem: str, rest_lost: bool = False,
+                  kind: str = "uncompressed") -> str:
+  """The error for a corrupt record under ``--on_corrupt fail``: the job's and ``beam_job.verify``'s."""
+  where = describe_record(path, index, offset, problem, rest_lost, kind)
+  return f"corrupt input {where} (--on_corrupt skip leaves it out)"
+
+
+class _Cursor(NamedTuple):
+  path: str
+  kind: str
+  frames: Iterator[tfrecord.Record]
+  record: Optional[tfrecord.Record]  # the last frame read, None before the first
+
+
+class RecordFinder:
+  """Finds again where a record sits in its file, for the message about a record that was read whole but is
+  bad all the same (a payload that is not a ``tf.train.Example``).
+
+  Readers pass records on as ``(path, index, payload)``, without their offsets, so that the offsets cost
+  nothing on the way of the good ones; on this failure path the file is read again instead. A record counts as
+  found only where the file's frame of that index holds the very same bytes, so a source that is not a file
+  (a PCollection of your own) or a compression other than the one tried gives no offset rather than a wrong
+  one: the compression the file's name implies is tried first, then the others ``--compression`` can name.
+  Reading goes on from the last record found, so a file of many bad records is read once more, not once per
+  record. ``close`` ends the read that is open.
+  """
+
+  def __init__(self):
+    self._cursor: Optional[_Cursor] = None
+    self._unknown = set()  # sources where a record was not found: the records do not come from that file
+
+  def find(self, path: str, index: int, payload: bytes) -> Optional[Tuple[int, str]]:
+    """``(offset, compression)`` of record ``index`` of ``path`` if that frame holds ``payload``, else None."""
+    if path in self._unknown:
+      return None
+    kinds = [detect_compression(path, "auto"), *COMPRESSIONS[1:]]
+    if self._cursor is not None and self._cursor.path == path:
+      kinds.insert(0, self._cursor.kind)
+    for kind in dict.fromkeys(kinds):
+      record = self._advance(path, kind, index)
+      if record is not None and record.index == index and record.payload == payload:
+        return record.offset, kind
+    self.close()
+    self._unknown.add(path)
+    return None
+
+  def _advance(self, path: str, kind: str, index: int) -> Optional[tfrecord.Record]:
+    """The frame ``index`` of ``path`` read as ``kind`` (or the last one before the file ends)."""
+    cursor = self._cursor
+    behind = cursor is not None and cursor.record is not None and cursor.record.index > index
+    if cursor is None or (cursor.path, cursor.kind) != (path, kind) or behind:
+      self.close()
+      cursor = self._cursor = _Cursor(path, kind, read_file(path, kind), None)
+    record = cursor.record
+    try:
+      while record is None or record.index < index:
+        record = next(cursor.frames)
+    except Exception:  # pylint: disable=broad-except  # its end, or not a file that can be read so
+      self.close()
+      return record
+    self._cursor = cursor._replace(record=record)
+    return record
+
+  def close(self) -> None:
+    if self._cursor is not None:
+      self._cursor.frames.close()
+      self._cursor = None

@@ -40,10 +40,6 @@ class Corrupt(NamedTuple):
   rest_lost: bool = False
 
 
-def _describe(source, index, corrupt: Corrupt) -> str:
-  where = f"{source}: record {index}" + (f" (byte {corrupt.offset})" if corrupt.offset >= 0 else "")
-  lost = "; the rest of the file cannot be read" if corrupt.rest_lost else ""
-  return f"{where}: {corrupt.problem}{lost}"
 
 
 class _ReadFileFn(beam.DoFn):
@@ -62,9 +58,10 @@ class _ReadFileFn(beam.DoFn):
         yield path, record.index, record.payload
         continue
       corrupt = Corrupt(record.offset, record.problem, record.rest_lost)
+      where = (path, record.index, *corrupt, sources.detect_compression(path, self._compression))
       if self._on_corrupt == "fail":
-        raise JobError(f"corrupt input {_describe(path, record.index, corrupt)} (--on_corrupt skip leaves it out)")
-      _LOG.warning("skipping corrupt input %s", _describe(path, record.index, corrupt))
+        raise JobError(sources.corrupt_input(*where))
+      _LOG.warning("skipping corrupt input %s", sources.describe_record(*where))
       yield path, record.index, corrupt
 
 
@@ -153,8 +150,10 @@ class _PrepareFn(beam.DoFn):
 
   def start_bundle(self):
     self._tally = _Tally()
+    self._finder = sources.RecordFinder()  # used only for a payload that is not an Example
 
   def finish_bundle(self):
+    self._finder.close()
     yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value(self._tally))
 
   def process(self, element):
@@ -163,9 +162,11 @@ class _PrepareFn(beam.DoFn):
       try:
         prepared = examples.prepare(payload, self._prefix, self._select, self._tally.shapes)
       except ValueError as e:
-        payload = Corrupt(-1, str(e))
+        offset, kind = self._finder.find(source, index, payload) or (-1, "uncompressed")
+        payload = Corrupt(offset, str(e))
         if self._on_corrupt == "fail":
-          raise JobError(f"corrupt input {_describe(source, index, payload)} (--on_corrupt skip leaves it out)")
+          self._finder.close()
+          raise JobError(sources.corrupt_input(source, index, offset, str(e), kind=kind)) from None
       else:
         self._tally.add(source, index, prepared)
         if self._count:

@@ -58,7 +58,8 @@ def _read_side(files: List[str], flag: str, compression: str, on_corrupt: str, p
           records.append((path, record.index, prepared))
           continue
       if on_corrupt == "fail":
-        raise JobError(f"corrupt input {path}: record {record.index}: {problem}")
+        raise JobError(sources.corrupt_input(path, record.index, record.offset, problem, record.rest_lost,
+                                             sources.detect_compression(path, compression)))
       bad.setdefault(path, []).append(record.index)
   stats = planning.SideStats(good, {s: tuple(sorted(i)) for s, i in bad.items()}, size, frozenset(keys))
   return stats, records

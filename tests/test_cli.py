@@ -470,7 +470,7 @@ def test_skip_in_self_join_counts_each_bad_record_once_and_keeps_order(tmp_path)
                  "--target_shard_mb", TINY)
   shards = _check_success(summary, prefix, left=6, right=6, pairs=15, strategy="grid", corrupt=2)
   assert [(c["file"], c["record"], c["offset"], c["rest_of_file_lost"]) for c in summary["corrupt"]] == [
-      (path1, 0, offset, False), (path2, 1, -1, False)]
+      (path1, 0, offset, False), (path2, 1, _frame_offsets(path2)[1], False)]
   assert summary["corrupt"][0]["problem"] == "bad data CRC"
   assert summary["corrupt"][1]["problem"].startswith("payload is not a tf.train.Example")
   assert _actual(shards) == _expected(left, None, "combinations", collision="prefix")
@@ -664,7 +664,8 @@ def test_error_payload_not_an_example(data, tmp_path, capsys):
   right = _write(tmp_path / "in" / "r.tfrecord", RIGHT_X + [b"\xff\xff\xff\xff"])
   prefix = str(tmp_path / "out" / "pairs")
   _user_error(capsys, ["--left", data["left_arg"], "--right", right, "--output", prefix], prefix,
-              f"corrupt input {right}: record 2: payload is not a tf.train.Example", "--on_corrupt skip")
+              f"corrupt input {right}: record 2 (byte {_frame_offsets(right)[2]}): payload is not a tf.train.Example",
+              "--on_corrupt skip")
 
 
 def test_error_compressed_file_read_as_uncompressed(data, tmp_path, capsys):

@@ -166,3 +166,178 @@ def test_compression_help_lists_every_extension_auto_detects(capsys):
     assert re.search(re.escape(suffix) + r"(, \.[a-z0-9]+)* -> " + kind, text), (suffix, text)
   assert "(.gz, .gzip -> gzip; .zlib, .deflate -> zlib; .bz2 -> bzip2; .lzma, .xz -> lzma; .zst, .zstd -> zstd " \
          "(refused)), other names are read uncompressed." in text
+
+
+# --- A comma in a file name ----------------------------------------------------------------------------------
+
+
+def test_split_patterns_keeps_an_escaped_comma():
+  here = os.getcwd()
+  assert sources.split_patterns(r"a\,b.tfrecord, c*,gs://b/x\,y-*.gz") == [
+      os.path.join(here, "a,b.tfrecord"), os.path.join(here, "c*"), "gs://b/x,y-*.gz"]
+  assert sources.split_patterns(sources.escape_commas("/d/1,2,3.tfrecord")) == ["/d/1,2,3.tfrecord"]
+
+
+@pytest.fixture(name="comma")
+def _comma(tmp_path):
+  """``in/a,b.tfrecord`` (2 records) beside ``in/users.tfrecord`` (3 records)."""
+  os.makedirs(tmp_path / "in")
+  write_tfrecord(str(tmp_path / "in" / "users.tfrecord"), [make_example({"u": [k]}) for k in range(3)])
+  return write_tfrecord(str(tmp_path / "in" / "a,b.tfrecord"), [make_example({"c": [k]}) for k in range(2)])
+
+
+@pytest.mark.parametrize("how", ["escaped", "escaped_with_equals", "literal_file", "shell_expanded"])
+def test_a_file_with_a_comma_in_its_name_is_read(comma, tmp_path, capsys, how):
+  users = str(tmp_path / "in" / "users.tfrecord")
+  left = {"escaped": ["--left", sources.escape_commas(comma)],
+          "escaped_with_equals": ["--left=" + sources.escape_commas(comma)],  # as the templates pass it
+          "literal_file": ["--left", comma],
+          "shell_expanded": ["--left", comma, users]}[how]  # an unquoted in/*: each name its own value
+  prefix = str(tmp_path / "out" / "pairs")
+  assert cli.main([*left, "--right", users, "--output", prefix, "--collision", "prefix"]) == 0
+  with open(f"{prefix}-summary.json", encoding="utf-8") as f:
+    summary = json.load(f)
+  left_records = 5 if how == "shell_expanded" else 2
+  assert (summary["left_records"], summary["right_records"], summary["pairs"]) == (left_records, 3, left_records * 3)
+  capsys.readouterr()
+
+
+def test_verify_reads_a_file_with_a_comma_in_its_name(comma, tmp_path, capsys):
+  from beam_job import verify
+  users = str(tmp_path / "in" / "users.tfrecord")
+  flags = ["--left", sources.escape_commas(comma), "--right", users, "--output", str(tmp_path / "out" / "pairs"),
+           "--collision", "prefix"]
+  assert cli.main(flags) == 0
+  assert verify.main(flags) == 0
+  assert capsys.readouterr().out.splitlines()[-1].startswith("verified 6 pairs in 1 shard(s)")
+
+
+def test_a_name_cut_at_a_comma_is_refused_with_the_escape_hint(comma, tmp_path, capsys):
+  pattern = str(tmp_path / "in" / "a,b*.tfrecord")  # a glob, so not an existing file: split at the comma
+  _refused(capsys, ["--left", pattern, "--output", str(tmp_path / "out" / "pairs")],
+           f"--left pattern {str(tmp_path / 'in' / 'a')!r} matches no file (a comma separates patterns; write \\, "
+           "for a comma inside a file name)")
+
+
+def test_a_missing_pattern_beside_one_that_matches_gets_no_comma_hint(comma, tmp_path, capsys):
+  missing = str(tmp_path / "in" / "missing.tfrecord")
+  users = str(tmp_path / "in" / "users.tfrecord")
+  _refused(capsys, ["--left", f"{missing},{users}", "--output", str(tmp_path / "out" / "pairs")],
+           f"--left pattern {missing!r} matches no file")
+
+
+def test_a_gcs_object_with_a_comma_in_its_name_is_read(gcs_prefix, tmp_path, capsys):
+  from apache_beam.io.filesystem import CompressionTypes
+  from apache_beam.io.filesystems import FileSystems
+  os.makedirs(tmp_path / "in")
+  local = write_tfrecord(str(tmp_path / "in" / "x.tfrecord"), [make_example({"c": [k]}) for k in range(2)])
+  with open(local, "rb") as f, FileSystems.create(f"{gcs_prefix}/x,y.tfrecord",
+                                                   compression_type=CompressionTypes.UNCOMPRESSED) as out:
+    out.write(f.read())
+  users = write_tfrecord(str(tmp_path / "in" / "users.tfrecord"), [make_example({"u": [k]}) for k in range(3)])
+  summary = cli.run(["--left", f"{gcs_prefix}/x\\,y.tfrecord", "--right", users, "--output",
+                     str(tmp_path / "out" / "pairs")])
+  assert (summary["left_records"], summary["pairs"]) == (2, 6)
+  _refused(capsys, ["--left", f"{gcs_prefix}/x,y.tfrecord", "--right", users, "--output",
+                    str(tmp_path / "out2" / "pairs")],
+           f"--left pattern '{gcs_prefix}/x' matches no file (a comma separates patterns; write \\, for a comma "
+           "inside a file name)")
+
+
+# --- The byte offset of a payload that is not an Example ------------------------------------------------------
+
+NOT_AN_EXAMPLE = b"\x12\x03abc"  # field 2: what a SequenceExample's feature_lists look like
+NOT_AN_EXAMPLE_PROBLEM = ("payload has field 2 (length-delimited), not a tf.train.Example (whose only field is 1, "
+                          "Features); it looks like a tf.train.SequenceExample, whose feature_lists would be lost")
+
+
+def _with_a_bad_payload(path, compression=None):
+  """Records 0, 1 good, record 2 not an Example; returns (path, the frame offset of record 2)."""
+  good = [make_example({"c": [k]}) for k in range(2)]
+  write_tfrecord(path, good + [NOT_AN_EXAMPLE], compression)
+  return str(path), sum(16 + len(record) for record in good)
+
+
+@pytest.mark.parametrize("name, compression, where", [
+    ("bad.tfrecord", "auto", ""),
+    ("bad.tfrecord.gz", "auto", " of the decompressed gzip data"),
+    ("bad.tfrecord", "gzip", " of the decompressed gzip data"),  # gzip data, named as if not
+    ("bad.zz", "zlib", " of the decompressed zlib data"),
+], ids=["plain", "gzip", "gzip_without_suffix", "zlib"])
+def test_a_payload_that_is_not_an_example_is_named_with_its_byte_offset(left, tmp_path, capsys, name, compression,
+                                                                        where):
+  kind = {"auto": "GZIP" if name.endswith(".gz") else None, "gzip": "GZIP", "zlib": "ZLIB"}[compression]
+  bad, offset = _with_a_bad_payload(tmp_path / "in" / name, kind)
+  expected = (f"corrupt input {bad}: record 2 (byte {offset}{where}): {NOT_AN_EXAMPLE_PROBLEM} "
+              "(--on_corrupt skip leaves it out)")
+  _refused(capsys, ["--left", bad, "--output", str(tmp_path / "out" / "pairs"), "--compression", compression],
+           expected)
+  from beam_job import verify
+  prefix = str(tmp_path / "out" / "pairs")
+  assert cli.main(["--left", bad, "--output", prefix, "--compression", compression, "--on_corrupt", "skip",
+                   "--collision", "prefix"]) == 0
+  capsys.readouterr()
+  assert verify.main(["--output", prefix, "--on_corrupt", "fail"]) == 1
+  assert capsys.readouterr().err == (f"verify failed: {expected} (flags that differ from the summary: "  # the same
+                                     "--on_corrupt fail (the run: skip))\n")  # words as the job's
+
+
+def test_the_dead_letter_entry_of_a_payload_that_is_not_an_example_has_its_offset(tmp_path, capsys):
+  os.makedirs(tmp_path / "in")
+  bad, offset = _with_a_bad_payload(tmp_path / "in" / "bad.tfrecord.gz", "GZIP")
+  users = write_tfrecord(str(tmp_path / "in" / "users.tfrecord"), [make_example({"u": [k]}) for k in range(3)])
+  prefix = str(tmp_path / "out" / "pairs")
+  assert cli.main(["--left", bad, "--right", users, "--output", prefix, "--on_corrupt", "skip"]) == 0
+  with open(f"{prefix}-corrupt.jsonl", encoding="utf-8") as f:
+    assert [json.loads(line) for line in f] == [{"file": bad, "record": 2, "offset": offset,
+                                                 "problem": NOT_AN_EXAMPLE_PROBLEM, "rest_of_file_lost": False}]
+  capsys.readouterr()
+
+
+def test_a_record_not_from_a_file_gets_no_offset(tmp_path):
+  """``CrossProduct`` on a PCollection of your own: its sources are not files, and a file of the same name that
+  holds other bytes gives no offset either (it is not where the record came from)."""
+  finder = sources.RecordFinder()
+  path, offset = _with_a_bad_payload(tmp_path / "bad.tfrecord")
+  assert finder.find("items", 2, NOT_AN_EXAMPLE) is None
+  assert finder.find(path, 2, NOT_AN_EXAMPLE + b"x") is None
+  assert sources.RecordFinder().find(path, 2, NOT_AN_EXAMPLE) == (offset, "uncompressed")
+  assert sources.describe_record("items", 2, -1, "bad") == "items: record 2: bad"
+
+
+def test_many_bad_records_of_one_file_are_found_in_one_more_read(tmp_path, monkeypatch):
+  path = write_tfrecord(str(tmp_path / "bad.tfrecord.gz"), [NOT_AN_EXAMPLE + bytes([k]) for k in range(50)], "GZIP")
+  opened = []
+  read_file = sources.read_file
+  monkeypatch.setattr(sources, "read_file", lambda *args: opened.append(args) or read_file(*args))
+  finder = sources.RecordFinder()
+  offsets = [finder.find(path, k, NOT_AN_EXAMPLE + bytes([k])) for k in range(50)]
+  finder.close()
+  assert offsets == [(k * (16 + len(NOT_AN_EXAMPLE) + 1), "gzip") for k in range(50)]
+  assert opened == [(path, "gzip")]
+
+
+# --- Multi-processing runs: the error line is the only line -------------------------------------------------
+
+
+@pytest.mark.parametrize("problem", ["not_an_example", "bad_crc"])
+def test_a_failing_multi_processing_run_prints_only_the_error_line(left, tmp_path, problem):
+  """Beam's SDK workers log startup warnings that the runner relays, and print the traceback of the failing
+  DoFn; a worker that starts late would print after the error line."""
+  if problem == "not_an_example":
+    bad, offset = _with_a_bad_payload(tmp_path / "in" / "bad.tfrecord")
+    expected = f"record 2 (byte {offset}): {NOT_AN_EXAMPLE_PROBLEM}"
+  else:
+    bad = write_tfrecord(str(tmp_path / "in" / "bad.tfrecord"), [make_example({"c": [k]}) for k in range(2)])
+    with open(bad, "r+b") as f:
+      f.seek(-1, os.SEEK_END)
+      last = f.read(1)
+      f.seek(-1, os.SEEK_END)
+      f.write(bytes([last[0] ^ 1]))
+    expected = f"record 1 (byte {16 + len(make_example({'c': [0]}))}): bad data CRC"
+  proc = subprocess.run([sys.executable, "-m", "beam_job", "--left", left, "--right", bad, "--output",
+                         str(tmp_path / "out" / "pairs"), "--direct_running_mode", "multi_processing",
+                         "--direct_num_workers", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert (proc.returncode, proc.stdout, proc.stderr) == (
+      2, "", f"error: corrupt input {bad}: {expected} (--on_corrupt skip leaves it out)\n")

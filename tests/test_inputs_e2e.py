@@ -50,7 +50,8 @@ def test_sequence_example_fails_the_job_naming_the_record(tmp_path, capsys):
   left = write_tfrecord(tmp_path / "in" / "left.tfrecord", [make_example({"a": [1]}), _sequence_example()])
   right = write_tfrecord(tmp_path / "in" / "right.tfrecord", [make_example({"b": [2]})])
   assert _error(capsys, tmp_path, "--left", left, "--right", right) == \
-      f"corrupt input {left}: record 1: {SEQUENCE_PROBLEM} (--on_corrupt skip leaves it out)"
+      f"corrupt input {left}: record 1 (byte {16 + len(make_example({'a': [1]}))}): {SEQUENCE_PROBLEM} " \
+      "(--on_corrupt skip leaves it out)"
 
 
 def test_sequence_example_is_counted_and_listed_under_skip(tmp_path, capsys):
@@ -63,7 +64,8 @@ def test_sequence_example_is_counted_and_listed_under_skip(tmp_path, capsys):
   with open(f"{prefix}-summary.json") as f:
     summary = json.load(f)
   assert (summary["left_records"], summary["pairs"], summary["corrupt_records"]) == (1, 1, 1)
-  assert summary["corrupt"] == [{"file": left, "record": 1, "offset": -1, "problem": SEQUENCE_PROBLEM,
+  assert summary["corrupt"] == [{"file": left, "record": 1, "offset": 16 + len(make_example({"a": [1]})),
+                                 "problem": SEQUENCE_PROBLEM,
                                  "rest_of_file_lost": False}]
   assert [to_dict(r) for r in read_tfrecords(summary["shards"])] == [{"a": ("int64_list", (1,)),
                                                                       "b": ("int64_list", (2,))}]
@@ -108,5 +110,5 @@ def test_forged_length_in_a_gzip_file_names_the_record(tmp_path, capsys):
     f.write(gzip.compress(length + struct.pack("<I", tfrecord.masked_crc(length)) + bytes(1 << 20)))
   first = len(tfrecord.frame(make_example({"a": [1]})))
   assert _error(capsys, tmp_path, "--left", path) == (
-      f"corrupt input {path}: record 1 (byte {first}): record claims {2 ** 60} bytes but the file ends after "
+      f"corrupt input {path}: record 1 (byte {first} of the decompressed gzip data): record claims {2 ** 60} bytes but the file ends after "
       f"{(1 << 20) - 4}; the rest of the file cannot be read (--on_corrupt skip leaves it out)")

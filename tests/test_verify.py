@@ -309,8 +309,9 @@ def test_corrupt_records_and_their_dead_letters_are_checked(inputs, tmp_path, ca
   assert verify.main(["--output", prefix]) == 1
   assert capsys.readouterr().err == f"verify failed: {letters} lists 0 corrupt record(s), the inputs hold 1\n"
   assert verify.main(["--output", prefix, "--on_corrupt", "fail"]) == 1
-  assert capsys.readouterr().err == (f"verify failed: corrupt input {bad}: record 2: bad data CRC (flags that "
-                                     "differ from the summary: --on_corrupt fail (the run: skip))\n")
+  assert capsys.readouterr().err == (f"verify failed: corrupt input {bad}: record 2 (byte {len(frames[0]) * 2}): "
+                                     "bad data CRC (--on_corrupt skip leaves it out) (flags that differ from the "
+                                     "summary: --on_corrupt fail (the run: skip))\n")
 
 
 def test_a_summary_without_inputs_needs_the_input_flags(inputs, output, capsys):
