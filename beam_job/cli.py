@@ -6,7 +6,7 @@ submitting, and ``build`` assembles the pipeline from the reusable transforms.
 """
 
 import argparse
-import decimal
+import dataclasses
 import difflib
 import json
 import logging
@@ -22,91 +22,12 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_job import (describe, lease, outputs, planning, progress, publish, quiet, running_modes, sampling, sinks,
-                      sources, transforms, workers)
+from beam_job import (describe, flags, lease, outputs, progress, publish, quiet, running_modes, sinks, sources,
+                      transforms, workers)
 from beam_job.errors import JobError, find_job_error
 
 _LOG = logging.getLogger("beam_job")
 _LOCAL_RUNNERS = (None, "DirectRunner", "direct", "directrunner")
-
-
-def count(text: str) -> int:
-  """A whole number of pairs or shards: ``1000000``, ``1_000_000``, ``1,000,000`` or ``1e6``; at most
-  ``planning.MAX_PAIRS``, so that nothing downstream (JSON readers, int64 counters) overflows."""
-  try:
-    value = decimal.Decimal(text.replace(",", ""))
-  except decimal.InvalidOperation:
-    value = None
-  whole = f"must be a whole number (1000000, 1_000_000, 1,000,000 or 1e6), not {text}"
-  if value is None or not value.is_finite():
-    raise argparse.ArgumentTypeError(whole)
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"must be at least 0, not {text}")
-  if value > planning.MAX_PAIRS:
-    raise argparse.ArgumentTypeError(f"must be at most {planning.MAX_PAIRS:,} (2**63 - 1), not {text}")
-  if value != int(value):
-    raise argparse.ArgumentTypeError(whole)
-  return int(value)
-
-
-def _shard_mb(text: str) -> float:
-  value = _number(text)
-  if not value > 0:
-    raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-  if value > planning.MAX_TARGET_SHARD_MB:
-    raise argparse.ArgumentTypeError(f"must be at most {planning.MAX_TARGET_SHARD_MB:,.0f} (one TB), not {text}")
-  return value
-
-
-def _rate(text: str) -> float:
-  value = _number(text)
-  if not 0 < value <= 1:
-    raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
-  if value < sampling.MIN_RATE:
-    raise argparse.ArgumentTypeError(f"must be at least {sampling.MIN_RATE:g}, the smallest supported rate, not {text}")
-  return value
-
-
-def _seed(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    value = None
-  if value is None or not sampling.MIN_SEED <= value <= sampling.MAX_SEED:
-    raise argparse.ArgumentTypeError(
-        f"must be a whole number from {sampling.MIN_SEED} to {sampling.MAX_SEED} (64-bit signed), not {text}")
-  return value
-
-
-def _number(text: str) -> float:
-  try:
-    return float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
-
-
-def _names(text: str) -> tuple:
-  names = tuple(name.strip() for name in text.split(",") if name.strip())
-  if not names:
-    raise argparse.ArgumentTypeError("expected a comma-separated list of feature names")
-  return names
-
-
-class _Patterns(argparse.Action):
-  r"""One or more values, each a comma-separated list of file patterns, kept as one comma-separated string.
-
-  An unquoted glob the shell expanded (``--right items/*.gz``) arrives as several values: every one is used.
-  A comma inside a file name is written ``\,``; a value that is the path of an existing local file is that
-  file, commas and all (escaped here), so a shell-expanded name such as ``a,b.tfrecord`` is not cut in two.
-  """
-
-  def __call__(self, parser, namespace, values, option_string=None):
-    setattr(namespace, self.dest, ",".join(
-        sources.escape_commas(value) if "," in value and _is_local_file(value) else value for value in values))
-
-
-def _is_local_file(value: str) -> bool:
-  return FileSystems.get_scheme(value) is None and os.path.isfile(value)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,44 +37,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def make_parser(left_required: bool = True) -> argparse.ArgumentParser:
+  """The job's flags (``beam_job.flags.FLAGS``) in a parser whose errors are JobErrors; ``left_required=False``
+  for ``beam_job.verify``, which reads the inputs from the summary."""
   # allow_abbrev=False: an abbreviated flag (--index for --index_features) is an error, as in Beam's parser.
   parser = _Parser(prog="python -m beam_job", allow_abbrev=False, description=(
       "Writes every pairwise combination of two TFRecord datasets of tf.train.Example, each pair merged into "
       "one Example. Other flags go to Beam's PipelineOptions; a flag neither knows is an error."))
-  parser.add_argument("--left", required=left_required, nargs="+", action=_Patterns,
-                      help="File pattern(s) of the left dataset: one or more values, each comma-separated; write "
-                      "\\, for a comma inside a file name (a value that is an existing local file is taken whole).")
-  parser.add_argument("--right", nargs="+", action=_Patterns,
-                      help="File pattern(s) of the right dataset, as --left; omitted: pair --left with itself.")
-  parser.add_argument("--output", required=True, help="Output prefix: PREFIX-SSSSS-of-NNNNN.tfrecord.")
-  parser.add_argument("--compression", default="auto", choices=sources.COMPRESSIONS,
-                      help="Input compression; auto decides by file extension (" + sources.detected_suffixes() +
-                      "), other names are read uncompressed.")
-  parser.add_argument("--output_compression", default="uncompressed", choices=transforms.OUTPUT_COMPRESSIONS)
-  parser.add_argument("--collision", default="error", choices=transforms.COLLISIONS,
-                      help="What to do with a feature name present on both sides.")
-  parser.add_argument("--left_prefix", default="left_", help="With --collision prefix (may be empty).")
-  parser.add_argument("--right_prefix", default="right_", help="With --collision prefix (may be empty).")
-  parser.add_argument("--self_join", default=None, choices=planning.SELF_JOINS,
-                      help="Which pairs of --left with itself (only without --right); default product.")
-  parser.add_argument("--on_corrupt", default="fail", choices=transforms.ON_CORRUPT)
-  parser.add_argument("--max_pairs", type=count, default=1_000_000_000,
-                      help="Refuse, before writing, a job with more pairs than this (0 to 2**63 - 1; 1e9, 1_000 "
-                      "and 1,000 forms accepted).")
-  parser.add_argument("--strategy", default="auto", choices=transforms.STRATEGIES)
-  parser.add_argument("--target_shard_mb", type=_shard_mb, default=256.0,
-                      help="Approximate size of one output shard (one cell), in MB (10^6 bytes); at most 1e6.")
-  parser.add_argument("--overwrite", action="store_true",
-                      help="Replace the shards and summary of an earlier run under the same prefix.")
-  parser.add_argument("--left_features", type=_names, help="Keep only these left features (names before prefixing).")
-  parser.add_argument("--right_features", type=_names, help="Keep only these right features.")
-  parser.add_argument("--index_features", action="store_true",
-                      help="Add each record's ordinal as an int64 feature 'index' on each side (renamed by prefixes).")
-  parser.add_argument("--sample_rate", type=_rate, default=1.0,
-                      help="Keep each pair independently with this probability (1e-12 to 1), decided by --seed.")
-  parser.add_argument("--seed", type=_seed, default=0, help="Seed of --sample_rate: -2**63 to 2**63 - 1.")
-  parser.add_argument("--dry_run", action="store_true",
-                      help="Read the inputs, print the plan and exit without writing anything.")
+  flags.add_flags(parser, optional=() if left_required else ("left",))
   return parser
 
 
@@ -256,13 +146,9 @@ def build(pipeline: beam.Pipeline, args, temp_token: Optional[str] = None,
 
 
 def pair_options(args) -> dict:
-  """The parsed flags as ``transforms.PairOptions`` fields (also what ``beam_job.verify`` checks against)."""
-  return {"output": args.output, "collision": args.collision, "left_prefix": args.left_prefix,
-          "right_prefix": args.right_prefix, "self_join": args.self_join or "product", "on_corrupt": args.on_corrupt,
-          "max_pairs": args.max_pairs, "strategy": args.strategy, "target_shard_mb": args.target_shard_mb,
-          "output_compression": args.output_compression, "overwrite": args.overwrite,
-          "left_features": args.left_features, "right_features": args.right_features,
-          "index_features": args.index_features, "sample_rate": args.sample_rate, "seed": args.seed}
+  """The parsed flags as ``transforms.PairOptions`` fields: every flag but the inputs'."""
+  fields = {field.name: getattr(args, field.name) for field in dataclasses.fields(transforms.PairOptions)}
+  return dict(fields, self_join=args.self_join or "product")
 
 
 def _write_local_json(value: dict, path: str) -> None:

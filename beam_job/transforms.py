@@ -23,14 +23,11 @@ from apache_beam.utils import shared
 from beam_job import (cells, describe, examples, lease, output_schema, outputs, planning, publish, running_modes,
                       sampling, sinks, sources)
 from beam_job.errors import JobError
+from beam_job.flags import COLLISIONS, DEFAULTS, ON_CORRUPT, OUTPUT_COMPRESSIONS, STRATEGIES
 from beam_job.planning import SIDES
 
 _LOG = logging.getLogger(__name__)
 NAMESPACE = "beam_job"
-COLLISIONS = ("error", "prefix", "left", "right")
-ON_CORRUPT = ("fail", "skip")
-STRATEGIES = ("auto", "broadcast", "grid")
-OUTPUT_COMPRESSIONS = ("uncompressed", "gzip")
 
 
 class Corrupt(NamedTuple):
@@ -430,23 +427,24 @@ class _FinalizeFn(beam.DoFn):
 
 @dataclasses.dataclass(frozen=True)
 class PairOptions:
-  """Everything ``CrossProduct`` is told, checked once at construction (before any pipeline runs)."""
+  """Everything ``CrossProduct`` is told, checked once at construction (before any pipeline runs). The fields
+  are the job's flags but the inputs' (``beam_job.flags``), with the flags' defaults."""
   output: str
-  collision: str = "error"
-  left_prefix: str = "left_"
-  right_prefix: str = "right_"
-  self_join: str = "product"
-  on_corrupt: str = "fail"
-  max_pairs: int = 1_000_000_000
-  strategy: str = "auto"
-  target_shard_mb: float = 256
-  output_compression: str = "uncompressed"
-  overwrite: bool = False
-  left_features: Optional[Tuple[str, ...]] = None
-  right_features: Optional[Tuple[str, ...]] = None
-  index_features: bool = False
-  sample_rate: float = 1.0
-  seed: int = 0
+  collision: str = DEFAULTS["collision"]
+  left_prefix: str = DEFAULTS["left_prefix"]
+  right_prefix: str = DEFAULTS["right_prefix"]
+  self_join: str = "product"  # the flag's None (unset) means product here
+  on_corrupt: str = DEFAULTS["on_corrupt"]
+  max_pairs: int = DEFAULTS["max_pairs"]
+  strategy: str = DEFAULTS["strategy"]
+  target_shard_mb: float = DEFAULTS["target_shard_mb"]
+  output_compression: str = DEFAULTS["output_compression"]
+  overwrite: bool = DEFAULTS["overwrite"]
+  left_features: Optional[Tuple[str, ...]] = DEFAULTS["left_features"]
+  right_features: Optional[Tuple[str, ...]] = DEFAULTS["right_features"]
+  index_features: bool = DEFAULTS["index_features"]
+  sample_rate: float = DEFAULTS["sample_rate"]
+  seed: int = DEFAULTS["seed"]
 
   def __post_init__(self):
     for flag, value, allowed in (("collision", self.collision, COLLISIONS),

@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from beam_job import cells, cli, examples, outputs, planning, sources, tfrecord
+from beam_job import cells, cli, examples, flags, outputs, planning, sources, tfrecord
 from beam_job.errors import JobError
 from beam_job.transforms import PairOptions
 
@@ -180,9 +180,9 @@ def _parse(argv: Optional[List[str]]):
   """The command line: verify's own flags, and the job's flags that were given (``given``), nothing else."""
   parser = cli.make_parser(left_required=False)
   parser.prog = "python -m beam_job.verify"
-  parser.add_argument("--full_check_max", type=cli.count, default=5_000_000,
+  parser.add_argument("--full_check_max", type=flags.count, default=5_000_000,
                       help="Compare every record when the output has at most this many pairs.")
-  parser.add_argument("--sample_shards", type=cli.count, default=4, help="Shards compared record by record otherwise.")
+  parser.add_argument("--sample_shards", type=flags.count, default=4, help="Shards compared record by record otherwise.")
   parser.add_argument("--verify_seed", type=int, default=0)
   defaults = {dest: parser.get_default(dest) for dest in _OPTIONS + _INPUTS}
   for action in parser._actions:  # pylint: disable=protected-access  # (set_defaults would set SUPPRESS itself)

@@ -26,7 +26,7 @@ import sys
 
 import pytest
 
-from beam_job import cli, options
+from beam_job import cli, flags
 from beam_job import demo_data
 from beam_job.errors import JobError
 
@@ -523,8 +523,8 @@ def test_cli_without_the_entry_file_would_wait(tmp_path, fake_dataflow, no_netwo
     cli.run([arg for arg in _dataflow_argv(tmp_path) if arg != "--overwrite=true"] + ["--runner=DataflowRunner"])
 
 
-@pytest.mark.parametrize("path", sorted(options.TEMPLATE_FILES))
+@pytest.mark.parametrize("path", sorted(flags.TEMPLATE_FILES))
 def test_template_files_are_written_from_the_one_definition_of_the_flags(path):
-  """templates/metadata.json and the DAGs' job_flags.json are ``python -m beam_job.options``'s output."""
+  """templates/metadata.json and the DAGs' job_flags.json are ``python -m beam_job.flags``'s output."""
   with open(os.path.join(ROOT, path), encoding="utf-8") as f:
-    assert f.read() == options.render(options.TEMPLATE_FILES[path]), f"{path} is stale: run python -m beam_job.options"
+    assert f.read() == flags.render(flags.TEMPLATE_FILES[path]), f"{path} is stale: run python -m beam_job.flags"

@@ -5,6 +5,7 @@ Every refusal is checked through ``beam_job.cli.main``: exit status 2, exactly o
 stderr, nothing on stdout, and nothing written under the output folder.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import sys
 
 import pytest
 
-from beam_job import cli, verify
+from beam_job import cli, flags, verify
 from beam_job.errors import JobError
 from beam_job.transforms import PairOptions
 from tests.helpers import make_example, read_tfrecords, write_tfrecord
@@ -213,3 +214,11 @@ def test_verify_checks_its_numeric_flags_too(inputs, capsys, flag, text, message
   capsys.readouterr()
   rc = verify.main(["--left", inputs["left"], "--output", str(inputs["out"] / "pairs"), flag, text])
   assert (rc, capsys.readouterr().err) == (2, f"error: {message}\n")  # a usage error
+
+
+def test_pair_options_are_the_job_flags_but_the_inputs_with_their_defaults():
+  fields = {field.name: field.default for field in dataclasses.fields(PairOptions)}
+  assert set(fields) == set(flags.BY_NAME) - {"left", "right", "compression", "dry_run"}
+  assert fields["output"] is dataclasses.MISSING and fields["self_join"] == "product"  # the flag's unset
+  assert {name: default for name, default in fields.items() if name not in ("output", "self_join")} == {
+      name: flags.DEFAULTS[name] for name in fields if name not in ("output", "self_join")}

@@ -23,7 +23,7 @@ import os
 from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
 from airflow.sdk import DAG, Param, get_current_context, task
 
-# The job's flags, written from their one definition (``python -m beam_job.options``; a test checks the file):
+# The job's flags, written from their one definition (``python -m beam_job.flags``; a test checks the file):
 # each as an Airflow Param, null meaning the job's default; those the template takes are sent.
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "job_flags.json"), encoding="utf-8") as _f:
   _JOB_FLAGS = [flag for flag in json.load(_f) if flag["template"]]

@@ -7,7 +7,7 @@ triggering (``airflow dags trigger beam_job_pairs -c '{"left": ..., "output": ..
 Variables as the fallback of the deployment-wide ones:
 
 * ``left``, ``right``, ``output`` and the other job flags (``job_flags.json`` beside this file, written from
-  ``beam_job.options``; ``python -m beam_job --help``). A job flag left at null is not passed, so the job's
+  ``beam_job.flags``; ``python -m beam_job --help``). A job flag left at null is not passed, so the job's
   own default applies.
 * ``runner``: DirectRunner (default), DataflowRunner, FlinkRunner, ...
 * ``beam_options``: any other Beam pipeline options as a JSON object, e.g. ``{"direct_num_workers": 2}``, or
@@ -30,7 +30,7 @@ from airflow.sdk import DAG, Param
 # The entry file of templates/, when this DAG is used from a checkout of the project.
 DEFAULT_PY_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
 
-# The job's flags, written from their one definition (``python -m beam_job.options``; a test checks the file):
+# The job's flags, written from their one definition (``python -m beam_job.flags``; a test checks the file):
 # each as an Airflow Param, null meaning the job's default.
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "job_flags.json"), encoding="utf-8") as _f:
   _JOB_FLAGS = json.load(_f)

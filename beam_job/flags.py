@@ -3,7 +3,7 @@ the Airflow DAGs' params are all made from ``FLAGS``.
 
 Beam's idiom for a pipeline's own options is a ``PipelineOptions`` subclass whose ``_add_argparse_args`` adds
 them (``JobOptions`` here), so ``PipelineOptions(argv).view_as(JobOptions)`` reads them as runners and
-templates do. ``python -m beam_job.options`` writes ``templates/metadata.json`` and
+templates do. ``python -m beam_job.flags`` writes ``templates/metadata.json`` and
 ``templates/dags/job_flags.json`` from the same table; a test checks that the files in the tree are what it
 writes.
 """
@@ -17,6 +17,7 @@ import re
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_job import planning, sampling, sources
@@ -27,7 +28,7 @@ STRATEGIES = ("auto", "broadcast", "grid")
 OUTPUT_COMPRESSIONS = ("uncompressed", "gzip")
 
 
-# --- value checks, shared by the parsers and by ``transforms.PairOptions`` -------------------------------
+# --- value types of the flags -------------------------------
 
 
 def count(text: str) -> int:
@@ -49,41 +50,40 @@ def count(text: str) -> int:
   return int(value)
 
 
+def shard_mb(text: str) -> float:
+  value = _number(text)
+  if not value > 0:
+    raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+  if value > planning.MAX_TARGET_SHARD_MB:
+    raise argparse.ArgumentTypeError(f"must be at most {planning.MAX_TARGET_SHARD_MB:,.0f} (one TB), not {text}")
+  return value
+
+
+def rate(text: str) -> float:
+  value = _number(text)
+  if not 0 < value <= 1:
+    raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
+  if value < sampling.MIN_RATE:
+    raise argparse.ArgumentTypeError(f"must be at least {sampling.MIN_RATE:g}, the smallest supported rate, not {text}")
+  return value
+
+
+def seed(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = None
+  if value is None or not sampling.MIN_SEED <= value <= sampling.MAX_SEED:
+    raise argparse.ArgumentTypeError(
+        f"must be a whole number from {sampling.MIN_SEED} to {sampling.MAX_SEED} (64-bit signed), not {text}")
+  return value
+
+
 def _number(text: str) -> float:
   try:
     return float(text)
   except ValueError:
     raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
-
-
-def shard_mb(value) -> float:
-  value = _number(value) if isinstance(value, str) else value
-  if not value > 0:
-    raise argparse.ArgumentTypeError(f"must be positive, not {value}")
-  if value > planning.MAX_TARGET_SHARD_MB:
-    raise argparse.ArgumentTypeError(f"must be at most {planning.MAX_TARGET_SHARD_MB:,.0f} (one TB), not {value}")
-  return value
-
-
-def rate(value) -> float:
-  value = _number(value) if isinstance(value, str) else value
-  if not 0 < value <= 1:
-    raise argparse.ArgumentTypeError(f"must be in (0, 1], not {value}")
-  if value < sampling.MIN_RATE:
-    raise argparse.ArgumentTypeError(f"must be at least {sampling.MIN_RATE:g}, the smallest supported rate, "
-                                     f"not {value}")
-  return value
-
-
-def seed(text) -> int:
-  try:
-    value = int(text) if isinstance(text, str) else text
-  except ValueError:
-    value = None
-  if not isinstance(value, int) or isinstance(value, bool) or not sampling.MIN_SEED <= value <= sampling.MAX_SEED:
-    raise argparse.ArgumentTypeError(
-        f"must be a whole number from {sampling.MIN_SEED} to {sampling.MAX_SEED} (64-bit signed), not {text}")
-  return value
 
 
 def names(text: str) -> tuple:
@@ -135,7 +135,8 @@ def _one_of(choices) -> str:
 FLAGS: Tuple[Flag, ...] = (
     Flag("left", "File pattern(s) of the left dataset: one or more values, each a comma-separated list of "
          "globs on any Beam filesystem, e.g. gs://my-bucket/users-*.tfrecord.gz. A pattern that matches no file "
-         "is an error. Without --right, --left is paired with itself.",
+         "is an error. Write \\, for a comma inside a file name (a value that is an existing local file is taken "
+         "whole). Without --right, --left is paired with itself.",
          "Left input file pattern(s)", _PATTERNS, required=True, patterns=True,
          template_note="To pass commas with gcloud, use its alternate delimiter: --parameters "
          "^~^left=gs://b/a-*.tfrecord,gs://b/c-*.tfrecord~output=gs://b/out/pairs"),
@@ -201,19 +202,26 @@ DEFAULTS = {flag.name: False if flag.switch else flag.default for flag in FLAGS}
 
 
 class Patterns(argparse.Action):
-  """One or more values, each a comma-separated list of file patterns, kept as one comma-separated string.
+  r"""One or more values, each a comma-separated list of file patterns, kept as one comma-separated string.
 
   An unquoted glob the shell expanded (``--right items/*.gz``) arrives as several values: every one is used.
+  A comma inside a file name is written ``\,``; a value that is the path of an existing local file is that
+  file, commas and all (escaped here), so a shell-expanded name such as ``a,b.tfrecord`` is not cut in two.
   """
 
   def __call__(self, parser, namespace, values, option_string=None):
-    setattr(namespace, self.dest, ",".join(values))
+    setattr(namespace, self.dest, ",".join(
+        sources.escape_commas(value) if "," in value and _is_local_file(value) else value for value in values))
 
 
-def add_flags(parser: argparse.ArgumentParser, required: bool = True, pipeline: bool = False) -> None:
-  """Adds the flags of ``FLAGS`` to ``parser``; ``required=False`` makes --left and --output optional (Beam's
-  own parser, which every ``PipelineOptions`` builds, and ``beam_job.verify``, which reads them from the
-  summary); ``pipeline=True`` adds only the pipeline options."""
+def _is_local_file(value: str) -> bool:
+  return FileSystems.get_scheme(value) is None and os.path.isfile(value)
+
+
+def add_flags(parser: argparse.ArgumentParser, optional=(), pipeline: bool = False) -> None:
+  """Adds the flags of ``FLAGS`` to ``parser``, those named in ``optional`` never required (Beam's own parser,
+  which every ``PipelineOptions`` builds, requires none; ``beam_job.verify`` reads --left from the summary);
+  ``pipeline=True`` adds only the pipeline options."""
   for flag in FLAGS:
     if pipeline and not flag.pipeline:
       continue
@@ -221,7 +229,7 @@ def add_flags(parser: argparse.ArgumentParser, required: bool = True, pipeline: 
     if flag.switch:
       kwargs["action"] = "store_true"
     else:
-      kwargs.update(default=flag.default, required=flag.required and required)
+      kwargs.update(default=flag.default, required=flag.required and flag.name not in optional)
       if flag.type is not None:
         kwargs["type"] = flag.type
       if flag.choices is not None:
@@ -236,7 +244,7 @@ class JobOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    add_flags(parser, required=False, pipeline=True)
+    add_flags(parser, optional=BY_NAME, pipeline=True)
 
 
 # --- the descriptions made from FLAGS ---------------------------------------------------------------------
