@@ -14,13 +14,18 @@ what is wrong; 2 for a usage error (one line, with the flag meant when one is cl
 Every shard is streamed: a compared shard is read block by block beside the frames ``cells.write_cell``
 writes for its cell (byte-identical to the plain-Python reference writer, which tests assert), and only a
 shard that differs is read again frame by frame beside the reference's pairs, to name the first wrong record.
-Memory: both inputs, prepared, and a block or two; nothing that grows with the output."""
+Memory: both inputs (as read and prepared) and a block or two; nothing that grows with the output.
+
+The byte comparison shares ``examples``, ``planning`` and ``cells`` with the job, so records are also checked
+against ``beam_job.expected``, which shares only the file reader: every record up to ``--semantic_check_max``
+pairs, else the first, the last and ``--semantic_samples`` more of each shard (``_Picking``)."""
 
 import argparse
 import contextlib
 import gzip
 import json
 import random
+import struct
 import sys
 import zlib
 from typing import BinaryIO, Iterator, List, Optional, Tuple
@@ -30,7 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from beam_job import cells, cli, examples, flags, outputs, planning, sources, tfrecord
+from beam_job import cells, cli, examples, expected, flags, outputs, planning, sources, tfrecord
 from beam_job.errors import JobError
 from beam_job.transforms import PairOptions
 
@@ -84,15 +89,17 @@ def _open(path: str, compression: str) -> Iterator[BinaryIO]:
     yield stack.enter_context(gzip.GzipFile(fileobj=raw)) if compression == "gzip" else raw
 
 
-def _count(path: str, compression: str) -> Tuple[int, int]:
+def _count(path: str, compression: str, picking: Optional["_Picking"] = None) -> Tuple[int, int]:
   """The shard's records and their framed bytes, read one frame at a time; a bad frame or a broken gzip stream
-  is a VerifyError."""
+  is a VerifyError. ``picking`` is handed every record."""
   count = size = 0
   with _open(path, compression) as stream:
     try:
       for record in tfrecord.read_frames(stream):
         if record.payload is None:
           raise VerifyError(f"{path}: record {record.index} (byte {record.offset}): {record.problem}")
+        if picking is not None:
+          picking.take(record.index, record.payload)
         count += 1
         size += len(record.payload) + tfrecord.HEADER_BYTES + tfrecord.FOOTER_BYTES
     except _GZIP_BROKEN as e:
@@ -107,9 +114,10 @@ class _Comparing:
   (or a damaged stream) it stops reading and only counts, so the writer still returns the cell's pairs.
   """
 
-  def __init__(self, stream: BinaryIO):
+  def __init__(self, stream: BinaryIO, picking: Optional["_Picking"] = None):
     self._stream = stream
     self.same = True
+    self._picking = picking
 
   def _read(self, size: int) -> bytes:
     data = self._stream.read(size)
@@ -130,6 +138,8 @@ class _Comparing:
         self.same = self._read(len(data)) == data
       except _GZIP_BROKEN:
         self.same = False
+      if self.same and self._picking is not None:
+        self._picking.feed(data)
 
   def ended(self) -> bool:
     """True when the bytes so far were all equal and the shard has nothing more (its gzip trailer checked)."""
@@ -141,7 +151,8 @@ class _Comparing:
     return self.same
 
 
-def _compare(path: str, compression: str, rows: list, cols: list, merge: dict) -> Tuple[int, int]:
+def _compare(path: str, compression: str, rows: list, cols: list, merge: dict,
+             picking: Optional["_Picking"] = None) -> Tuple[int, int]:
   """Checks that the shard is byte for byte the cell's frames; returns its records and their framed bytes.
 
   The expected frames come from ``cells.write_cell``, byte-identical to the reference writer (tests assert
@@ -149,7 +160,7 @@ def _compare(path: str, compression: str, rows: list, cols: list, merge: dict) -
   they differ is the shard read again, frame by frame beside the reference's pairs, to say what is wrong.
   """
   with _open(path, compression) as stream:
-    sink = _Comparing(stream)
+    sink = _Comparing(stream, picking)
     pairs, size = cells.write_cell(rows, cols, sink, **merge)
     if sink.ended():
       return pairs, size
@@ -163,6 +174,83 @@ def _compare(path: str, compression: str, rows: list, cols: list, merge: dict) -
         raise VerifyError(f"{path}: record {k} is not the expected merged pair")
   raise RuntimeError(f"{path}: every record is the reference's merged pair, but the bytes differ from "
                      "cells.write_cell: the native frame writer disagrees with the reference")
+
+
+_U64 = struct.Struct("<Q")
+
+
+class _Picking:
+  """Checks chosen records of a shard against ``beam_job.expected`` as the shard streams past.
+
+  ``wanted`` gives ``(record number, pair)`` in increasing order. A compared shard's bytes come in blocks
+  (``feed``): only frame headers are read to count records, and only a wanted frame is parsed; a counted
+  shard's records come one by one (``take``). The first wrong record is kept in ``problem``; checking stops
+  there, and so does walking the frames once nothing more is wanted.
+  """
+
+  def __init__(self, path: str, independent: expected.Expected, wanted: Iterator[Tuple[int, expected.Pair]]):
+    self._path, self._independent, self._wanted = path, independent, wanted
+    self._next = next(wanted, None)
+    self._index = self._skip = 0  # the record next to start; bytes of the current frame still to pass
+    self._carry = b""  # the start of a frame that a block cut (its header, or a wanted frame)
+    self.problem: Optional[str] = None
+    self.checked = 0
+
+  def take(self, index: int, payload: bytes) -> None:
+    if self._next is not None and self._next[0] == index:
+      found = self._independent.problem(payload, self._next[1])
+      self.checked += 1
+      if found is not None:
+        self.problem = f"{self._path}: record {index}, {self._independent.where(self._next[1])}: {found}"
+        self._next = None
+        return
+      self._next = next(self._wanted, None)
+
+  def feed(self, data: bytes) -> None:
+    if self._next is None:
+      return
+    if self._carry:
+      data, self._carry = self._carry + data, b""
+    at, size, index, unpack = self._skip, len(data), self._index, _U64.unpack_from
+    while at + 8 <= size and self._next is not None:
+      end = at + unpack(data, at)[0] + tfrecord.HEADER_BYTES + tfrecord.FOOTER_BYTES
+      if index == self._next[0]:
+        if end > size:
+          break  # the rest of the wanted frame is in the next block
+        self.take(index, data[at + tfrecord.HEADER_BYTES:end - tfrecord.FOOTER_BYTES])
+      at = end
+      index += 1
+    self._index = index
+    if at > size:
+      self._skip = at - size
+    else:
+      self._skip, self._carry = 0, data[at:]
+
+
+def _independent(left_files: List[str], right_files: Optional[List[str]], settings: dict,
+                 self_join: Optional[str], summary: dict) -> Tuple[expected.Expected, List[expected.Cell]]:
+  """The expected output by ``beam_job.expected`` alone (none of the job's preparing, planning or merging):
+  the inputs read again, the options verify checks with, and the cells of the summary's grid."""
+  left = expected.read_side(left_files, settings["compression"])
+  right = None if right_files is None else expected.read_side(right_files, settings["compression"])
+  independent = expected.Expected(left, right, expected.Options.from_flags(settings, self_join))
+  for side, field in zip(independent.sides, ("left_records", "right_records")):
+    if len(side.payloads) != summary.get(field):
+      raise VerifyError(f"the summary says {field} {json.dumps(summary.get(field))}, the inputs read "
+                        f"independently of the job's code hold {len(side.payloads):,} good records")
+  try:
+    return independent, independent.cells(summary.get("grid") or {})
+  except ValueError as e:
+    raise VerifyError(str(e)) from None
+
+
+def _wanted(independent: expected.Expected, cell: expected.Cell, pairs: int, every: bool, samples: int,
+            seed: str) -> Iterator[Tuple[int, expected.Pair]]:
+  """The records of a shard to check independently: all, or the first, the last and ``samples`` more."""
+  if every:
+    return independent.pairs(cell)
+  positions = {0, pairs - 1} | set(random.Random(seed).sample(range(pairs), min(samples, pairs)))
+  return iter(independent.pairs_at(cell, [k for k in positions if 0 <= k < pairs]))
 
 
 class UsageError(Exception):
@@ -184,6 +272,12 @@ def _parse(argv: Optional[List[str]]):
                       help="Compare every record when the output has at most this many pairs.")
   parser.add_argument("--sample_shards", type=flags.count, default=4, help="Shards compared record by record otherwise.")
   parser.add_argument("--verify_seed", type=int, default=0)
+  parser.add_argument("--semantic_check_max", type=flags.count, default=100_000,
+                      help="Parse every record and compare it with the independent definition of the output "
+                           "when the output has at most this many pairs.")
+  parser.add_argument("--semantic_samples", type=flags.count, default=32,
+                      help="Otherwise, records per shard so compared besides its first and last, picked by "
+                           "--verify_seed.")
   defaults = {dest: parser.get_default(dest) for dest in _OPTIONS + _INPUTS}
   for action in parser._actions:  # pylint: disable=protected-access  # (set_defaults would set SUPPRESS itself)
     if action.dest in defaults:
@@ -385,34 +479,53 @@ def _verify(output: str, summary: dict, given: dict, settings: dict, differ: Lis
   extra = [path for path, o in owned.items() if o.kind == "shard" and path not in names]
   if extra:
     raise VerifyError(f"unexpected shard {extra[0]} (the plan has {plan.shard_count} shards)")
-  _check_schema(outputs.schema_path(output), set(left_stats.keys) | set(right_stats.keys) |
-                {name for name in index_names if name})
   sampled = plan.sample_rate < 1
   full = plan.pairs <= args.full_check_max
   plan_cells = plan.cells
+  independent, expected_cells = _independent(left_files, right_files, settings, self_join, summary)
+  if len(expected_cells) != len(plan_cells):
+    raise VerifyError(f"the summary's grid {json.dumps(summary.get('grid'))} has {len(expected_cells):,} cells "
+                      f"with pairs, the plan {len(plan_cells):,}")
+  every = plan.pairs <= args.semantic_check_max
   compare = set(range(len(plan_cells))) if full else set(
       random.Random(args.verify_seed).sample(range(len(plan_cells)), min(args.sample_shards, len(plan_cells))))
   merge = {"self_join": self_join, "collision": options.collision, "collisions": plan.collisions,
            "sample": (plan.sample_rate, options.seed) if sampled else None}
-  total = record_bytes = 0
+  total = record_bytes = checked = 0
   for shard, (row, col, pairs) in enumerate(plan_cells):
+    cell = expected_cells[shard]
+    want = independent.count(cell)
+    picking = _Picking(names[shard], independent, _wanted(independent, cell, want, every, args.semantic_samples,
+                                                           f"{args.verify_seed}/{shard}"))
     if shard not in compare and not sampled:
-      count, size = _count(names[shard], gzipped)
+      count, size = _count(names[shard], gzipped, picking)
       if count != pairs:
         raise VerifyError(f"{names[shard]} holds {count:,} records, expected {pairs:,}")
     else:
       rows, cols = plan.members(row, col)
-      count, size = _compare(names[shard], gzipped, left[rows.start:rows.stop], right[cols.start:cols.stop], merge)
+      count, size = _compare(names[shard], gzipped, left[rows.start:rows.stop], right[cols.start:cols.stop], merge,
+                             picking)
+    if picking.problem:
+      raise VerifyError(picking.problem)
+    checked += picking.checked
+    if count != want:
+      raise VerifyError(f"{names[shard]} holds {count:,} records; its cell of the summary's grid (left ordinals "
+                        f"{cell.rows.start}..{cell.rows.stop - 1} x right ordinals {cell.cols.start}.."
+                        f"{cell.cols.stop - 1}) has {want:,} pairs")
     total += count
     record_bytes += size
   if not plan_cells and _count(names[0], gzipped)[0]:
     raise VerifyError(f"{names[0]} should be empty: the job has no pairs")
   _expect(summary, "pairs", total)
+  _check_schema(outputs.schema_path(output), set(left_stats.keys) | set(right_stats.keys) |
+                {name for name in index_names if name})
   _expect(summary, "record_bytes", record_bytes)
   _expect(summary, "bytes", sum(owned[name].size for name in names))
   how = "every record compared" if full or sampled else f"{len(compare)} of {len(plan_cells)} shards compared"
+  how += f"; {'every record' if every else f'{checked:,} records'} checked against the inputs independently"
   overrides = f" (flags that differ from the summary: {'; '.join(differ)})" if differ else ""
   return f"verified {total:,} pairs in {len(names)} shard(s) under {output}: {how}{overrides}"
+
 
 def main(argv: Optional[List[str]] = None) -> int:
   try:

@@ -4,7 +4,8 @@
 
 It writes the same uniform inputs as run.py (about 100 bytes a record), runs ``python -m beam_job`` once with
 ``--collision prefix``, then ``python -m beam_job.verify`` with the same flags (every record is compared up to
-5,000,000 pairs), and prints the wall time and peak RSS of each. verify should need memory for both inputs,
+5,000,000 pairs, and checked against the independent definition up to 100,000 pairs, else 34 records a shard),
+and prints the wall time and peak RSS of each. verify should need memory for both inputs, as read and
 prepared, and nothing that grows with the output: its peak should stay flat as the output grows.
 """
 

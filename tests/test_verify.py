@@ -7,6 +7,7 @@ Each output is written once per module and copied for each test, which then dama
 
 import glob
 import gzip
+import itertools
 import json
 import os
 import random
@@ -16,10 +17,11 @@ import zlib
 
 import pytest
 
-from beam_job import cells, cli, verify
+from beam_job import cells, cli, examples, expected, planning, sampling, tfrecord, verify
 from tests.helpers import make_example, split_frames, write_tfrecord
 
 N_LEFT, N_RIGHT = 12, 6
+_EVERY = "every record compared; every record checked against the inputs independently"
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,7 @@ def test_a_correct_output_is_compared_without_the_reference_pairs(name, output, 
     monkeypatch.setattr(cells, "pair_examples", never)
   capsys.readouterr()
   assert run() == 0
-  assert capsys.readouterr().out.endswith(f" pairs in {len(shards)} shard(s) under {prefix}: every record compared\n")
+  assert capsys.readouterr().out.endswith(f" pairs in {len(shards)} shard(s) under {prefix}: {_EVERY}\n")
 
 
 @pytest.mark.parametrize("name", sorted(_OUTPUTS))
@@ -203,7 +205,7 @@ def test_the_job_flags_given_again_agree_with_the_summary(name, inputs, output, 
   prefix, shards, _ = output(name)
   capsys.readouterr()
   assert verify.main(_flags(inputs, prefix, name)) == 0
-  assert capsys.readouterr().out.endswith(f" pairs in {len(shards)} shard(s) under {prefix}: every record compared\n")
+  assert capsys.readouterr().out.endswith(f" pairs in {len(shards)} shard(s) under {prefix}: {_EVERY}\n")
 
 
 @pytest.mark.parametrize("name, flags, problem", [
@@ -229,7 +231,7 @@ def test_given_inputs_override_the_summary_and_are_named_when_they_differ(inputs
   capsys.readouterr()
   assert run("--left", str(copy / "left.tfrecord"), "--right", str(copy / "right.tfrecord")) == 0
   out = capsys.readouterr().out
-  assert out.endswith(f"every record compared (flags that differ from the summary: --left {copy}/left.tfrecord "
+  assert out.endswith(f"{_EVERY} (flags that differ from the summary: --left {copy}/left.tfrecord "
                       f"(1 file(s); the run read 1 file(s) of {inputs}/left.tfrecord); --right "
                       f"{copy}/right.tfrecord (1 file(s); the run read 1 file(s) of {inputs}/right.tfrecord))\n"), out
 
@@ -351,3 +353,207 @@ def test_a_self_join_from_its_summary_alone(inputs, tmp_path, capsys):
   assert verify.main(["--output", prefix, "--self_join", "product"]) == 1
   assert capsys.readouterr().err.endswith(
       "(flags that differ from the summary: --self_join product (the run: combinations))\n")
+
+
+# --- the independent definition of the output (beam_job.expected) --------------------------------------------
+
+# name -> the job's flags besides --left and --output (--right unless a self-join)
+_CASES = {
+    "prefix": ["--collision", "prefix"],
+    "left wins": ["--collision", "left"],
+    "right wins": ["--collision", "right", "--target_shard_mb", "0.002"],
+    "selection": ["--left_features", "vec,name", "--right_features", "tag"],
+    "selection left wins": ["--collision", "left", "--right_features", "id", "--target_shard_mb", "0.002"],
+    "index prefix": ["--collision", "prefix", "--index_features", "--left_prefix", "a.", "--right_prefix", "b."],
+    "index right wins": ["--collision", "right", "--index_features"],
+    "sampled": ["--collision", "left", "--sample_rate", "0.5", "--seed", "11", "--index_features"],
+    "gzip grid": ["--collision", "prefix", "--strategy", "grid", "--target_shard_mb", "0.002",
+                  "--output_compression", "gzip"],
+    "self product": ["--self_join", "product", "--collision", "prefix", "--target_shard_mb", "0.002"],
+    "self combinations": ["--self_join", "combinations", "--collision", "left", "--index_features",
+                          "--target_shard_mb", "0.002"],
+    "self with replacement": ["--self_join", "combinations_with_replacement", "--collision", "prefix",
+                              "--strategy", "grid", "--target_shard_mb", "0.002"],
+    "self sampled": ["--self_join", "combinations", "--collision", "prefix", "--sample_rate", "0.3", "--seed", "-5",
+                     "--left_features", "id", "--index_features"],
+}
+
+
+def _run_case(inputs, tmp_path, flags):
+  prefix = str(tmp_path / "out" / "pairs")
+  right = [] if "--self_join" in flags else ["--right", str(inputs / "right.tfrecord")]
+  cli.run(["--left", str(inputs / "left.tfrecord"), *right, "--output", prefix, *flags])
+  return prefix, sorted(glob.glob(f"{prefix}-*-of-*.tfrecord*"))
+
+
+@pytest.mark.parametrize("case", sorted(_CASES))
+def test_every_policy_self_join_sample_index_and_selection_passes_the_independent_check(case, inputs, tmp_path,
+                                                                                       capsys):
+  prefix, shards, = _run_case(inputs, tmp_path, _CASES[case])
+  capsys.readouterr()
+  assert verify.main(["--output", prefix]) == 0
+  out = capsys.readouterr().out
+  assert out.endswith(f" shard(s) under {prefix}: {_EVERY}\n"), out
+  assert verify.main(["--output", prefix, "--semantic_check_max", "0", "--semantic_samples", "2"]) == 0
+  out = capsys.readouterr().out
+  checked = int(re.search(r"; (\d+) records checked against the inputs independently\n$", out).group(1))
+  assert len(shards) <= checked <= 4 * len(shards)  # first, last and two more of each non-empty shard
+
+
+def _left_0_right_0(inputs):
+  return f"the pair of left {inputs}/left.tfrecord record 0 and right {inputs}/right.tfrecord record 0"
+
+
+@pytest.mark.parametrize("more", [[], ["--semantic_check_max", "0", "--semantic_samples", "1"]],
+                         ids=["every record", "sampled records"])
+def test_a_feature_dropped_by_prepare_in_the_job_and_in_verify_alike_is_named(more, inputs, tmp_path, monkeypatch,
+                                                                             capsys):
+  real = examples.prepare
+
+  def dropping(serialized, prefix="", select=None, types=None):  # loses the left records' "vec", schema included
+    prepared = real(serialized, prefix, select, types)
+    if types is not None:
+      types.pop("left_vec", None)
+    return examples.from_payload(examples.without(prepared, {"left_vec"}))
+
+  monkeypatch.setattr(examples, "prepare", dropping)
+  prefix, shards = _run_case(inputs, tmp_path, ["--collision", "prefix", "--target_shard_mb", "0.002"])
+  assert _failure(lambda *a: verify.main(["--output", prefix, *a]), capsys, *more) == (
+      f"verify failed: {shards[0]}: record 0, {_left_0_right_0(inputs)}: lacks feature 'left_vec' "
+      "(float_list [0.0, 2.5])\n")
+  monkeypatch.setattr(examples, "prepare", real)
+  assert verify.main(["--output", prefix, *more]) == 1  # (the plan for whole records differs: another failure)
+
+
+def test_a_collision_winner_swapped_in_the_job_and_in_verify_alike_is_named(inputs, tmp_path, monkeypatch, capsys):
+  real = cells.write_cell
+
+  def swapped(*args, collision="error", **kwargs):
+    return real(*args, collision={"left": "right", "right": "left"}.get(collision, collision), **kwargs)
+
+  monkeypatch.setattr(cells, "write_cell", swapped)
+  prefix, shards = _run_case(inputs, tmp_path, ["--collision", "left"])
+  assert _failure(lambda: verify.main(["--output", prefix]), capsys) == (
+      f"verify failed: {shards[0]}: record 0, {_left_0_right_0(inputs)}: feature 'id' is int64_list [50], "
+      "expected int64_list [0]\n")
+
+
+def test_a_loser_left_untrimmed_holds_a_name_twice(inputs, tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(examples, "without", lambda record, names: record.payload)  # TensorFlow's parser: last wins
+  prefix, shards = _run_case(inputs, tmp_path, ["--collision", "right"])
+  assert _failure(lambda: verify.main(["--output", prefix]), capsys) == (
+      f"verify failed: {shards[0]}: record 0, {_left_0_right_0(inputs)}: holds feature 'id' twice\n")
+
+
+def test_a_self_join_rule_broken_in_the_plan_and_the_writer_alike_is_named(inputs, tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(planning.MIN_STEP, "combinations", 0)  # combinations would keep each record with itself
+  prefix, shards = _run_case(inputs, tmp_path, ["--self_join", "combinations", "--collision", "prefix"])
+  left = f"{inputs}/left.tfrecord"
+  assert _failure(lambda: verify.main(["--output", prefix]), capsys) == (
+      f"verify failed: {shards[0]}: record 0, the pair of left {left} record 0 and right {left} record 1: feature "
+      "'right_id' is int64_list [0], expected int64_list [1]\n")
+
+
+def test_pairs_left_out_by_the_plan_and_the_writer_alike_are_found(inputs, tmp_path, monkeypatch, capsys):
+  real_write, real_pairs = cells.write_cell, planning.cell_pairs
+  monkeypatch.setattr(cells, "write_cell", lambda left, right, out, **merge: real_write(left, right[:-1], out, **merge))
+  monkeypatch.setattr(planning, "cell_pairs", lambda rows, cols, self_join: real_pairs(rows, (cols[0], cols[1] - 1),
+                                                                                       self_join))
+  prefix, shards = _run_case(inputs, tmp_path, ["--collision", "prefix"])  # one cell: the last column is lost
+  run = lambda *more: verify.main(["--output", prefix, *more])
+  assert _failure(run, capsys) == (
+      f"verify failed: {shards[0]}: record 5, the pair of left {inputs}/left.tfrecord record 0 and right "
+      f"{inputs}/right.tfrecord record 5: feature 'left_id' is int64_list [1], expected int64_list [0]\n")
+  assert _failure(run, capsys, "--semantic_check_max", "0", "--semantic_samples", "0") == (  # first and last
+      f"verify failed: {shards[0]} holds {N_LEFT * (N_RIGHT - 1)} records; its cell of the summary's grid (left "
+      f"ordinals 0..{N_LEFT - 1} x right ordinals 0..{N_RIGHT - 1}) has {N_LEFT * N_RIGHT} pairs\n")
+
+
+def test_a_sampling_draw_broken_in_the_job_and_in_verify_alike_is_named(inputs, tmp_path, monkeypatch, capsys):
+  real = sampling.kept_columns
+  monkeypatch.setattr(sampling, "kept_columns", lambda seed, *rest: real(seed + 1, *rest))
+  prefix, shards = _run_case(inputs, tmp_path, ["--collision", "prefix", "--sample_rate", "0.5", "--seed", "3",
+                                                "--index_features"])
+  message = _failure(lambda: verify.main(["--output", prefix]), capsys)
+  assert re.fullmatch(rf"verify failed: {re.escape(shards[0])}: record \d+, the pair of left .+ record \d+ and right "
+                      r".+ record \d+: feature 'right_id' is int64_list \[5\d\], expected int64_list \[5\d\]\n",
+                      message), message
+
+
+@pytest.mark.parametrize("self_join", ["combinations", "combinations_with_replacement", None])
+@pytest.mark.parametrize("rate", [1.0, 0.4])
+def test_the_independent_pairs_are_itertools_and_the_documented_draw(self_join, rate):
+  """Over a grid of uneven cells: the pairs, in shard order, are itertools' over the ordinals, each kept as
+  ``sampling.kept_columns`` decides, and ``pairs_at`` finds each of them by its record number."""
+  n = 11
+  side = expected.Side([b""] * n, [("f", 0, [])])
+  independent = expected.Expected(side, None if self_join else side,
+                                  expected.Options(self_join=self_join, sample_rate=rate, seed=7))
+  grid = {"rows": 3, "cols": 4, "row_chunk": 4, "col_chunk": 3}
+  found = [pair for cell in independent.cells(grid) for _, pair in independent.pairs(cell)]
+  every = {"combinations": itertools.combinations, None: lambda r, k: itertools.product(r, repeat=k),
+           "combinations_with_replacement": itertools.combinations_with_replacement}[self_join](range(n), 2)
+  assert sorted(found) == [(i, j) for i, j in every if j in set(sampling.kept_columns(7, rate, i, 0, n))]
+  assert len(found) > 5
+  for cell in independent.cells(grid):
+    pairs = list(independent.pairs(cell))
+    assert independent.count(cell) == len(pairs)
+    assert pairs or rate < 1  # a cell without pairs is not a shard, unless the sample kept none of its pairs
+    assert independent.pairs_at(cell, [k for k, _ in pairs][::-1]) == pairs
+
+
+@pytest.mark.parametrize("piece", [1, 5, 17, 1 << 20])
+def test_the_wanted_records_are_found_however_a_shard_streams_in(piece):
+  """A compared shard's bytes reach the independent check in the writer's blocks; a frame cut anywhere (its
+  header, or a wanted one) is found whole, and checking stops at the first wrong record."""
+  payloads = [bytes([k]) * (k * 7 % 40) for k in range(30)]  # record 0 and others are empty
+  data = b"".join(tfrecord.frame(p) for p in payloads)
+  seen = []
+
+  class Recorder:
+    def problem(self, payload, pair):
+      seen.append((pair, payload))
+      return "wrong" if pair == "bad" else None
+
+    def where(self, pair):
+      return f"the pair {pair}"
+
+  wanted = [(0, "a"), (3, "b"), (4, "c"), (29, "d")]
+  picking = verify._Picking("shard", Recorder(), iter(wanted))
+  for at in range(0, len(data), piece):
+    picking.feed(data[at:at + piece])
+  assert seen == [(pair, payloads[k]) for k, pair in wanted]
+  assert (picking.problem, picking.checked) == (None, 4)
+  seen.clear()
+  picking = verify._Picking("shard", Recorder(), iter([(2, "a"), (6, "bad"), (7, "c")]))
+  for at in range(0, len(data), piece):
+    picking.feed(data[at:at + piece])
+  assert seen == [("a", payloads[2]), ("bad", payloads[6])]
+  assert (picking.problem, picking.checked) == ("shard: record 6, the pair bad: wrong", 2)
+
+
+def test_a_side_leaves_out_what_is_not_an_example_and_names_records_by_file_position(inputs, tmp_path):
+  frames = split_frames((inputs / "left.tfrecord").read_bytes())
+  sequence_example = tfrecord.frame(b"\x12\x00")  # a SequenceExample's feature_lists: field 2, not an Example
+  first = tmp_path / "a.tfrecord"
+  first.write_bytes(b"".join(frames[:2]) + frames[2][:-1] + b"x" + sequence_example + b"".join(frames[3:5]))
+  empty = tmp_path / "b.tfrecord"
+  empty.write_bytes(b"")
+  last = tmp_path / "c.tfrecord"
+  shutil.copy(inputs / "left.tfrecord", last)
+  side = expected.read_side([str(last), str(empty), str(first)], "auto")  # read in path order
+  assert side.payloads == [f[12:-4] for f in frames[:2] + frames[3:5] + frames]
+  assert [side.where(k) for k in (1, 2, 3, 4, 5)] == [f"{first} record 1", f"{first} record 4", f"{first} record 5",
+                                                      f"{last} record 0", f"{last} record 1"]
+
+
+def test_a_name_on_both_sides_is_refused_under_error_and_prefix_and_a_nan_equals_itself():
+  left = expected.Side([make_example({"id": [1], "a": [float("nan"), 0.5]})], [("l", 0, [])])
+  right = expected.Side([make_example({"id": [3]})], [("r", 0, [])])
+  output = make_example({"id": [1], "a": [float("nan"), 0.5]})  # the right's "id" dropped, as --collision left does
+  for collision in ("error", "prefix"):
+    independent = expected.Expected(left, right, expected.Options(collision=collision))
+    assert independent.problem(output, (0, 0)) == f"feature 'id' is on both sides, which --collision {collision} refuses"
+  assert expected.Expected(left, right, expected.Options(collision="left")).problem(output, (0, 0)) is None
+  assert expected.Expected(left, right, expected.Options(collision="right")).problem(output, (0, 0)) == (
+      "feature 'id' is int64_list [1], expected int64_list [3]")
