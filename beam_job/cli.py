@@ -257,26 +257,14 @@ def _abandon(output: str, token: str) -> None:
     _LOG.warning("could not clean up after the failed run %s under %s: %s", token, output, e)
 
 
-class _HideUserErrors(logging.Filter):
-  """Beam logs a failing DoFn's exception with its traceback before re-raising it; for a JobError the CLI
-  prints the one-line message itself, so the log record is dropped."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    exc = record.exc_info[1] if record.exc_info else None
-    return not (exc is not None and find_job_error(exc)) and "JobError: " not in record.getMessage()
-
-
 def main(argv: Optional[List[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_HideUserErrors())
-    handler.addFilter(quiet.WorkerStartupNoise())
   logging.getLogger("beam_job").setLevel(logging.INFO)
   # Dataflow's submission lines ("Created job with id", the console URL): Airflow's Beam operator reads them.
   logging.getLogger("apache_beam.runners.dataflow.internal.apiclient").setLevel(logging.INFO)
   on_terminal = sys.stderr.isatty()  # asked before descriptor 2 becomes the filter's pipe
   try:
-    with quiet.filtered_stderr() as terminal:
+    with quiet.quieted() as terminal:
       summary = run(argv, progress_stream=terminal if on_terminal else None)
   except workers.WorkerLost as e:  # the run failed, not the user: one line all the same
     print(f"error: {e}", file=sys.stderr)

@@ -15,6 +15,11 @@ class JobError(ValueError):
   """A user-input error: bad flag, bad path, bad record, feature collision."""
 
 
+def mentions_job_error(text: str) -> bool:
+  """Whether a log message or traceback text is about a JobError (what ``beam_job.quiet`` leaves out)."""
+  return "JobError: " in text
+
+
 def find_job_error(exc: BaseException) -> "str | None":
   """Returns the one-line message of a JobError inside ``exc``, or None.
 

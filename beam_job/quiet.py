@@ -1,11 +1,12 @@
-"""Keeps Beam's worker tracebacks of user errors off the terminal.
+"""Keeps Beam's reports of user errors off the terminal: the CLI's one mechanism for it, ``quieted()``.
 
-When a DoFn raises ``JobError``, the CLI prints its one-line message. The in-process runner only logs the
-traceback (``cli._HideUserErrors`` drops that record), but SDK workers in other processes (multi-processing
-DirectRunner) or threads (PortableRunner) print it straight to file descriptor 2. This filter puts a pipe on
-descriptor 2 for the duration of the run and forwards everything except traceback blocks about a JobError.
+When a DoFn raises ``JobError``, the CLI prints its one-line message, and nothing else should show. Beam
+reports the failure in two ways, both covered here with one rule (``errors.mentions_job_error``): the
+in-process runner logs it with its traceback (a logging filter drops that record), and SDK workers in other
+processes (multi-processing DirectRunner) or threads (PortableRunner) print the traceback straight to file
+descriptor 2 (a pipe on descriptor 2 forwards everything but traceback blocks about a JobError).
 
-``WorkerStartupNoise`` drops the warnings every SDK worker of a multi-processing run logs as it starts, which
+``_WorkerStartupNoise`` drops the warnings every SDK worker of a multi-processing run logs as it starts, which
 Beam relays to the runner's log: they say nothing about the job, and a worker that starts late (a loaded
 machine) would print them after the run's ``error:`` line.
 """
@@ -16,6 +17,8 @@ import os
 import sys
 import threading
 from typing import Iterator, List, Optional, TextIO
+
+from beam_job import errors
 
 _CHAIN_LINES = ("During handling of the above exception", "The above exception was the direct cause")
 _terminal: Optional[TextIO] = None  # the real stderr while descriptor 2 is filtered
@@ -32,7 +35,7 @@ def _forward(reader: TextIO, out: TextIO) -> None:
     if block:
       block.append(line)
       if stripped and not line[0].isspace():  # the exception line closes the block
-        dropping = "JobError: " in "".join(block)
+        dropping = errors.mentions_job_error("".join(block))
         if not dropping:
           out.write("".join(block))
           out.flush()
@@ -49,7 +52,34 @@ def _forward(reader: TextIO, out: TextIO) -> None:
 
 
 @contextlib.contextmanager
-def filtered_stderr() -> Iterator[TextIO]:
+def quieted() -> Iterator[TextIO]:
+  """For a run: user errors and worker startup noise left out of the log and of descriptor 2. Yields a text
+  stream on the real stderr (for progress displays)."""
+  handlers = logging.getLogger().handlers
+  dropped = (_UserErrors(), _WorkerStartupNoise())
+  for handler in handlers:
+    for log_filter in dropped:
+      handler.addFilter(log_filter)
+  try:
+    with _filtered_stderr() as terminal:
+      yield terminal
+  finally:
+    for handler in handlers:
+      for log_filter in dropped:
+        handler.removeFilter(log_filter)
+
+
+class _UserErrors(logging.Filter):
+  """Beam logs a failing DoFn's exception with its traceback before re-raising it; the CLI prints the JobError's
+  one-line message itself, so the log record is dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and errors.find_job_error(exc)) and not errors.mentions_job_error(record.getMessage())
+
+
+@contextlib.contextmanager
+def _filtered_stderr() -> Iterator[TextIO]:
   """Yields a text stream on the real stderr (for progress displays) while descriptor 2 is filtered."""
   saved = os.dup(2)
   read_fd, write_fd = os.pipe()
@@ -81,7 +111,7 @@ _RELAY_LOGGER = "apache_beam.runners.portability.local_job_service"
 _STARTUP_MESSAGES = ('message: "No semi_persistent_directory found', 'message: "Discarding unparseable args')
 
 
-class WorkerStartupNoise(logging.Filter):
+class _WorkerStartupNoise(logging.Filter):
   """Drops the relayed startup warnings of Beam's local SDK workers (see the module docstring)."""
 
   def filter(self, record: logging.LogRecord) -> bool:

@@ -780,7 +780,7 @@ def test_command_line_user_error_is_one_line_without_traceback(case, colliding, 
   """``python -m beam_job`` as a user runs it: stderr is exactly the one ``error:`` line. Beam logs a failing
   DoFn's exception, traceback included, before re-raising it; main must keep that log record off stderr for a
   user error. (Under pytest the root logger already has handlers, so the in-process capsys tests above cannot
-  see this.) Failed up to commit 12a61b9; fixed for this runner by ``cli._HideUserErrors`` (commit 841a852)."""
+  see this.) Failed up to commit 12a61b9; fixed for this runner by a logging filter (commit 841a852; now ``quiet._UserErrors``)."""
   prefix = str(tmp_path / "out" / "pairs")
   args = ["--left", colliding["left_arg"], "--right", colliding["right_arg"], "--output", prefix]
   if case == "pattern":
