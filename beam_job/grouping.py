@@ -171,19 +171,19 @@ class GroupedPlan:
   """Where every pair of a grouped job goes: groups in key order, each either packed into a cell shared with
   its neighbours or cut into a grid of cells of its own.
 
-  Its size grows with the number of groups that have pairs (a key and five integers each, in arrays), never with
-  the number of cells: a heavy group's cells, and which of them a record goes to, are computed from its row and
-  column chunks as ``planning.Plan`` computes a full product's, so a 1e6 x 1e6 group cut into a million cells
-  costs the plan what a group of two records does. Every worker holds the plan (a side input): a table of cells
-  would make that memory, and the time to send it, grow with the pairs.
+  Its size grows with the number of groups that have pairs (a key and three integers each, in arrays, plus two
+  chunk sizes per group cut into a grid), never with the number of cells: a heavy group's cells, and which of
+  them a record goes to, are computed from its row and column chunks as ``planning.Plan`` computes a full
+  product's, so a 1e6 x 1e6 group cut into a million cells costs the plan what a group of two records does.
+  Every worker holds the plan (a side input): a table of cells would make that memory, and the time to send
+  it, grow with the pairs. (About 22 bytes pickled per group: a million groups take 22 MB.)
   """
   self_join: Optional[str]
   keys: Tuple[bytes, ...]  # groups with at least one pair, sorted (encoded keys sort as the keys do)
   lefts: array.array  # per group: left records
   rights: array.array  # right records (a self-join's group: its records again)
   firsts: array.array  # shard of its first cell (non-decreasing: packed groups share it)
-  row_chunks: array.array  # left ranks per cell row (its left count when it is not cut)
-  col_chunks: array.array  # right ranks per cell column
+  cut: Dict[int, Tuple[int, int]]  # group -> (row chunk, column chunk), for the groups cut into a grid only
   shard_count: int
   pairs: int  # written pairs (expected under --sample_rate)
   all_pairs: int  # pairs within groups before sampling
@@ -208,7 +208,11 @@ class GroupedPlan:
     return i if i < len(self.keys) and self.keys[i] == key else None
 
   def is_cut(self, group: int) -> bool:
-    return self.row_chunks[group] < self.lefts[group] or self.col_chunks[group] < self.rights[group]
+    return group in self.cut
+
+  def chunks(self, group: int) -> Tuple[int, int]:
+    """Ranks per cell row and per cell column of a group (its counts when it is not cut)."""
+    return self.cut.get(group) or (self.lefts[group], self.rights[group])
 
   def needs_rank(self, side: int, key: bytes) -> bool:
     """Whether a record's shards depend on its rank within its group: only when its group is cut along its side.
@@ -217,16 +221,14 @@ class GroupedPlan:
     group = self.index(key)
     if group is None:
       return False
-    return (self.row_chunks if side == 0 else self.col_chunks)[group] < \
-        (self.lefts if side == 0 else self.rights)[group]
+    return self.chunks(group)[side] < (self.lefts if side == 0 else self.rights)[group]
 
   def grid(self, group: int) -> planning.Plan:
     """The group's cells as a full product of its ranks (``row_shards``, ``column_shards``, ``cells``,
     ``members``), shards numbered from 0 within the group. Cached per process."""
     grids = self.__dict__.setdefault("_grids", {})
     if group not in grids:
-      grids[group] = _grid(self.self_join, self.lefts[group], self.rights[group], self.row_chunks[group],
-                           self.col_chunks[group])
+      grids[group] = _grid(self.self_join, self.lefts[group], self.rights[group], *self.chunks(group))
     return grids[group]
 
   def cell_count(self, group: int) -> int:
@@ -244,9 +246,9 @@ class GroupedPlan:
       return range(first, first + 1)
     grid = self.grid(group)
     if side == 0:
-      shards = grid.row_shards(rank // self.row_chunks[group])
+      shards = grid.row_shards(rank // grid.row_chunk)
       return range(first + shards.start, first + shards.stop)
-    return [first + shard for shard in grid.column_shards(rank // self.col_chunks[group])]
+    return [first + shard for shard in grid.column_shards(rank // grid.col_chunk)]
 
   def _groups_at(self, shard: int) -> range:
     """The groups with a part in ``shard``: the packed groups that start there, or the cut group around it."""
@@ -290,6 +292,11 @@ class GroupedPlan:
             "unpaired_records": {"left": self.unpaired[0], "right": self.unpaired[1]}, "shards": self.shard_count,
             "largest_groups": [{"key": display_key(g.key), "left": g.left, "right": g.right, "pairs": g.pairs,
                                 "cells": g.cells} for g in self.largest]}
+
+
+def _ints(values: List[int]) -> array.array:
+  """Integers in 4 bytes each when they fit (group sizes and shard numbers mostly do), else 8."""
+  return array.array("I" if not values or max(values) < 1 << 32 else "q", values)
 
 
 def _grid(self_join: Optional[str], left: int, right: int, row_chunk: int, col_chunk: int) -> planning.Plan:
@@ -338,7 +345,7 @@ def make_grouped_plan(counts: Mapping[bytes, Tuple[int, int]], averages: Tuple[f
   pair_bytes = sum(averages) + planning.PAIR_OVERHEAD_BYTES
   pairs_per_cell = max(1, int(target_shard_bytes / pair_bytes / max(sample_rate, 1e-12)))  # before sampling
   budget = min(target_shard_bytes, planning.CELL_INPUT_MAX_BYTES)
-  keys, lefts, rights, firsts, row_chunks, col_chunks = [], [], [], [], [], []
+  keys, lefts, rights, firsts, cut = [], [], [], [], {}
   all_pairs, unpaired, shard = 0, [0, 0], 0
   open_cell = None  # (pairs, left records, right records) of the cell being packed, None when closed
   largest = []
@@ -371,10 +378,11 @@ def make_grouped_plan(counts: Mapping[bytes, Tuple[int, int]], averages: Tuple[f
     lefts.append(left)
     rights.append(right)
     firsts.append(shard)
-    row_chunks.append(row)
-    col_chunks.append(col)
     if not fits:
-      shard += len(_grid(self_join, left, right, row, col).cells)
+      cells = len(_grid(self_join, left, right, row, col).cells)
+      if cells > 1 or (row, col) != (left, right):
+        cut[len(keys) - 1] = (row, col)
+      shard += cells
     entry = (pairs, -len(keys))  # equal counts: the smaller key (seen first) ranks higher
     if len(largest) < LARGEST_SHOWN:
       heapq.heappush(largest, entry)
@@ -387,9 +395,8 @@ def make_grouped_plan(counts: Mapping[bytes, Tuple[int, int]], averages: Tuple[f
     raise JobError(f"the job would write {kept:,} pairs within {len(keys):,} groups{how}, more than --max_pairs "
                    f"{max_pairs:,}; raise --max_pairs to allow it")
   plan = GroupedPlan(
-      self_join=self_join, keys=tuple(keys), lefts=array.array("q", lefts), rights=array.array("q", rights),
-      firsts=array.array("q", firsts), row_chunks=array.array("q", row_chunks),
-      col_chunks=array.array("q", col_chunks), shard_count=shard_count, pairs=kept, all_pairs=all_pairs,
+      self_join=self_join, keys=tuple(keys), lefts=_ints(lefts), rights=_ints(rights), firsts=_ints(firsts),
+      cut=cut, shard_count=shard_count, pairs=kept, all_pairs=all_pairs,
       groups=len(counts), unpaired=tuple(unpaired), largest=(), side_bytes=tuple(averages),
       pairs_per_left=pairs_per_left, sample_rate=sample_rate)
   shown = tuple(Group(keys[-g - 1], lefts[-g - 1], rights[-g - 1], pairs, plan.cell_count(-g - 1))

@@ -308,7 +308,7 @@ def test_k_per_left_across_cells_is_the_whole_draw(data, self_join, k, target, s
 def test_k_per_left_keeps_whole_rows_when_they_fit():
   counts = {encode_key(b"q"): (1000, 5000)}
   plan = make_grouped_plan(counts, (10, 10), self_join=None, target_shard_bytes=40 * 2000, pairs_per_left=10)
-  assert plan.pairs == 10_000 and plan.col_chunks[0] == 5000
+  assert plan.pairs == 10_000 and plan.chunks(0) == (200, 5000)
   assert [cell.pairs for cell in plan.cells()] == [2000] * 5  # exact: each row's draw is in one cell
 
 
@@ -316,7 +316,7 @@ def test_k_per_left_keeps_whole_rows_when_they_fit():
 def test_k_per_left_over_column_cuts_of_a_huge_right_group(self_join):
   counts = {encode_key(b"q"): (300, 300)}
   plan = make_grouped_plan(counts, (10, 100), self_join=self_join, target_shard_bytes=10_000, pairs_per_left=7)
-  assert plan.col_chunks[0] == 50  # 300 right records take 30 KB: columns of half the 10 KB budget
+  assert plan.chunks(0)[1] == 50  # 300 right records take 30 KB: columns of half the 10 KB budget
   got = {}
   for cell in plan.cells():
     (m,) = cell.members
