@@ -84,6 +84,29 @@ def key_of(features, name: str) -> bytes:
   raise MissingKey(f"feature {name!r} {_held(feature, kind)}; a group key is exactly one int64 or bytes value")
 
 
+# --- ranks within groups ------------------------------------------------------------------------------------
+
+# A record's rank within its group is needed only when its group is cut (``GroupedPlan.needs_rank``): the
+# records of those groups are gathered by (key, ordinal // RANK_BLOCK), at most RANK_BLOCK records each, so a
+# worker sorts a bounded number of ordinals whatever the size of the group. A block's first rank is the number
+# of records of its key in earlier blocks (``rank_bases``), counted per (key, block) in a small combine.
+RANK_BLOCK = 1 << 16
+
+
+def rank_bases(block_counts: Mapping[Tuple[bytes, int], int]) -> Dict[Tuple[bytes, int], int]:
+  """The rank of the first record of each (key, block) given each one's record count: records keep the job's
+  order (the side's ordinals) inside a group, so a rank is its block's base plus its position among the
+  block's ordinals. The table has an entry per block that holds records of a cut group, at most
+  ``count / RANK_BLOCK + 1`` per cut group, and never more than the records."""
+  bases, key_now, total = {}, None, 0
+  for key, block in sorted(block_counts):
+    if key != key_now:
+      key_now, total = key, 0
+    bases[(key, block)] = total
+    total += block_counts[(key, block)]
+  return bases
+
+
 # --- pair counts ------------------------------------------------------------------------------------------
 
 

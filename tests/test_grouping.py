@@ -332,3 +332,18 @@ def test_k_per_left_over_column_cuts_of_a_huge_right_group(self_join):
     first = grouping.first_candidate(rank, self_join)
     assert got.get(rank, []) == [first + p for p in sampling.pick(11, rank, 7, size)]
   assert plan.pairs == sum(min(7, grouping.eligible(rank, 300, self_join)) for rank in range(300))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([encode_key(1), encode_key(b"a"), encode_key(b"b")]),
+                          st.integers(0, 10 * grouping.RANK_BLOCK)), unique_by=lambda r: r[1], max_size=60))
+def test_ranks_from_blocks_are_the_ranks_within_groups(records):
+  """records: (key, side ordinal). Rank = the block's base + the position among the block's ordinals."""
+  blocks = {}
+  for key, ordinal in records:
+    blocks.setdefault((key, ordinal // grouping.RANK_BLOCK), []).append(ordinal)
+  bases = grouping.rank_bases({block: len(ordinals) for block, ordinals in blocks.items()})
+  for key, ordinal in records:
+    block = (key, ordinal // grouping.RANK_BLOCK)
+    rank = bases[block] + sorted(blocks[block]).index(ordinal)
+    assert rank == sorted(o for k, o in records if k == key).index(ordinal)
