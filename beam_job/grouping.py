@@ -365,6 +365,8 @@ def make_grouped_plan(counts: Mapping[bytes, Tuple[int, int]], averages: Tuple[f
   """
   if self_join in planning.MIN_STEP and any(left != right for left, right in counts.values()):
     raise ValueError("a self-join's groups have the same records on both sides")
+  if pairs_per_left is not None and (pairs_per_left < 1 or sample_rate < 1):
+    raise ValueError("pairs_per_left is at least 1 and excludes sample_rate (the flags check this first)")
   pair_bytes = sum(averages) + planning.PAIR_OVERHEAD_BYTES
   pairs_per_cell = max(1, int(target_shard_bytes / pair_bytes / max(sample_rate, 1e-12)))  # before sampling
   budget = min(target_shard_bytes, planning.CELL_INPUT_MAX_BYTES)

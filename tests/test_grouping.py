@@ -347,3 +347,13 @@ def test_ranks_from_blocks_are_the_ranks_within_groups(records):
     block = (key, ordinal // grouping.RANK_BLOCK)
     rank = bases[block] + sorted(blocks[block]).index(ordinal)
     assert rank == sorted(o for k, o in records if k == key).index(ordinal)
+
+
+def test_empty_and_invalid_plans():
+  empty = make_grouped_plan({}, (1, 1), self_join=None, target_shard_bytes=1000)
+  assert empty.shard_count == 0 and list(empty.cells()) == [] and empty.shards(0, encode_key(1), 0) == ()
+  with pytest.raises(ValueError, match="same records on both sides"):
+    make_grouped_plan({encode_key(1): (2, 3)}, (1, 1), self_join="combinations", target_shard_bytes=1000)
+  with pytest.raises(ValueError, match="excludes sample_rate"):
+    make_grouped_plan({encode_key(1): (2, 3)}, (1, 1), self_join=None, target_shard_bytes=1000, pairs_per_left=2,
+                      sample_rate=0.5)
