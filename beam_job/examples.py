@@ -13,6 +13,7 @@ from typing import AbstractSet, Dict, NamedTuple, Optional, Tuple
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from beam_job import grouping
 from beam_job.example_proto import Example, Feature
 
 
@@ -108,7 +109,24 @@ def prepare(serialized: bytes, prefix: str = "", select: Optional[AbstractSet[st
   CSV ExampleGen writes one for an empty cell; tf.io and TFDV count it as missing). Learned in this one parse
   for the output's schema (``output_schema``); one dict update per feature.
   """
+  return _entries(parse_example(serialized).features.feature, prefix, select, shapes)
+
+
+def prepare_keyed(serialized: bytes, group_by: str, prefix: str = "", select: Optional[AbstractSet[str]] = None,
+                  shapes: Optional[Dict[Shape, int]] = None) -> Tuple[Prepared, bytes]:
+  """``prepare`` and the record's encoded group key (``grouping.key_of``) from the same parse.
+
+  Raises ``ValueError`` for a payload that is not an Example (a corrupt record) and ``grouping.MissingKey``
+  for an Example without exactly one key value; the key is checked first, so a record left out under
+  ``--missing_group skip`` is not counted in ``shapes`` (it is in no output record).
+  """
   feature_map = parse_example(serialized).features.feature
+  key = grouping.key_of(feature_map, group_by)
+  return _entries(feature_map, prefix, select, shapes), key
+
+
+def _entries(feature_map, prefix: str, select: Optional[AbstractSet[str]],
+             shapes: Optional[Dict[Shape, int]]) -> Prepared:
   keys, ends, entries = [], [], []
   end = 0
   for name in sorted(feature_map):
