@@ -502,11 +502,10 @@ class PairOptions:
             "index_names": self.index_names(), "sample_rate": self.sample_rate}
 
   def summary(self, self_join: Optional[str]) -> dict:
-    """The summary's ``options``: what the run did, not the flags as typed. ``left_prefix``/``right_prefix`` are
-    the prefixes the features were renamed with, so both are ``""`` unless ``--collision prefix`` (the flags'
-    defaults ``left_``/``right_`` apply only then); ``self_join`` is ``""`` when --right was given. With the
-    summary's ``inputs`` it is every flag ``beam_job.verify`` needs to check the output again."""
-    return {"collision": self.collision, "left_prefix": self.prefixes[0], "right_prefix": self.prefixes[1],
+    """The summary's ``options``: every flag of the run but the inputs' (those are the summary's ``inputs``), with
+    its value or default, so that ``beam_job.verify`` can check the output from the summary alone. The prefixes
+    rename features only under ``--collision prefix``; ``self_join`` is ``""`` when --right was given."""
+    return {"collision": self.collision, "left_prefix": self.left_prefix, "right_prefix": self.right_prefix,
             "self_join": self_join or "", "output_compression": self.output_compression,
             "target_shard_mb": self.target_shard_mb, "sample_rate": self.sample_rate, "seed": self.seed,
             "left_features": list(self.left_features or []), "right_features": list(self.right_features or []),

@@ -281,7 +281,7 @@ def test_product_both_strategies_equal_nested_loop_and_repeat_byte_identically(d
   shards = _check_success(summary, prefix, left=6, right=4, pairs=24, strategy="broadcast")
   assert shards == [f"{prefix}-00000-of-00001.tfrecord"]
   assert _read_in_order(shards) == _nested_loop(data["left"], data["right"])
-  expected_options = {"collision": "error", "left_prefix": "", "right_prefix": "", "self_join": "",
+  expected_options = {"collision": "error", "left_prefix": "left_", "right_prefix": "right_", "self_join": "",
                       "output_compression": "uncompressed", "target_shard_mb": 256.0}
   assert {k: summary["options"][k] for k in expected_options} == expected_options
 

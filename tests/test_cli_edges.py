@@ -133,14 +133,16 @@ def test_no_warning_when_every_input_holds_bytes(left, tmp_path, capsys):
   assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("extra, prefixes", [
-    ([], ("", "")),
-    (["--collision", "left", "--left_prefix", "L_", "--right_prefix", "R_"], ("", "")),
-    (["--collision", "prefix"], ("left_", "right_")),
-    (["--collision", "prefix", "--left_prefix", "L_", "--right_prefix", ""], ("L_", "")),
+@pytest.mark.parametrize("extra, prefixes, renamed", [
+    ([], ("left_", "right_"), ("", "")),
+    (["--collision", "left", "--left_prefix", "L_", "--right_prefix", "R_"], ("L_", "R_"), ("", "")),
+    (["--collision", "prefix"], ("left_", "right_"), ("left_", "right_")),
+    (["--collision", "prefix", "--left_prefix", "L_", "--right_prefix", ""], ("L_", ""), ("L_", "")),
 ], ids=["default", "prefixes_given_but_not_used", "prefix_defaults", "prefix_given"])
-def test_summary_options_show_the_prefixes_actually_used(left, tmp_path, capsys, extra, prefixes):
-  """The prefixes rename features only under --collision prefix; otherwise the summary says none were used."""
+def test_summary_options_show_the_prefix_flags_which_rename_only_under_collision_prefix(left, tmp_path, capsys,
+                                                                                        extra, prefixes, renamed):
+  """The summary records the prefix flags (defaults included), which rename features only under --collision
+  prefix."""
   right = write_tfrecord(str(tmp_path / "in" / "items.tfrecord"), [make_example({"r": [k]}) for k in range(2)])
   prefix = str(tmp_path / "out" / "pairs")
   assert cli.main(["--left", left, "--right", right, "--output", prefix, *extra]) == 0
@@ -149,7 +151,7 @@ def test_summary_options_show_the_prefixes_actually_used(left, tmp_path, capsys,
   assert (options["left_prefix"], options["right_prefix"]) == prefixes
   names = {name for record in read_tfrecords([f"{prefix}-00000-of-00001.tfrecord"])
            for name in tf.train.Example.FromString(record).features.feature}
-  assert names == {prefixes[0] + "u", prefixes[1] + "r"}
+  assert names == {renamed[0] + "u", renamed[1] + "r"}
   capsys.readouterr()
 
 
