@@ -116,7 +116,8 @@ class CrossProduct(beam.PTransform):
 
   Apply it to ``(left, right)``, or to one PCollection to pair it with itself (see ``self_join``). Output is
   ``{output}-SSSSS-of-NNNNN.tfrecord[.gz]``, ``{output}-schema.pbtxt`` and ``{output}-summary.json``, written
-  last; the result is a PCollection holding the summary dict (the plan's description with ``dry_run``).
+  last; the result is a PCollection holding the summary dict. With ``dry_run`` it writes nothing and holds the
+  plan's description instead, a dict too (``beam_job.stages.plan.DescribePlan``).
   Records are ordered by ``source`` then ``index``; that order fixes which pairs ``combinations`` keeps and
   the bytes of every shard. Keyword arguments are the fields of ``PairOptions`` (the CLI's flags). ``inputs``
   (``{"compression": ..., "left": {"patterns": [...], "files": {path: size}}, "right": ... or None}``, as the
@@ -143,6 +144,7 @@ class CrossProduct(beam.PTransform):
     if right is not None and options.self_join != "product":
       raise JobError("--self_join applies only when --right is omitted")
     self_join = options.self_join if right is None else None
+    # read (ReadExamples, before this transform) -> prepare -> plan -> write cells -> finalize
     sides = self._prepare(left, right)
     stats = (sides[0].stats, sides[1].stats)
     if self._dry_run:

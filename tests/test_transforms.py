@@ -17,6 +17,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+from apache_beam.typehints.decorators import TypeCheckError
 
 from beam_job import cli, stages
 from beam_job.errors import JobError, find_job_error
@@ -385,6 +386,15 @@ def test_records_cross_stages_with_deterministic_compact_coders(tmp_path):
   assert _coder(p, "ToLeftCells") == "kv(varint,kv(varint,bytes))"
   assert _coder(p, "ToRightCells") == "kv(varint,kv(varint,bytes))"
   assert _coder(p, "Broadcast") == "kv(varint,bytes)"
+  _ = p | ReadExamples([str(tmp_path / "*.tfrecord")])  # read records: the payload may be a Corrupt
+  assert _coder(p, "ReadFrames") == "tuple(string_utf8,varint,pickled_python)"
+
+
+def test_records_of_the_wrong_type_fail_when_the_pipeline_is_built(tmp_path):
+  p = _pipeline()
+  with pytest.raises(TypeCheckError, match=r"at PrepareLeft: expected Tuple\[<class 'str'>, <class 'int'>, .*got "
+                                           r"Tuple\[<class 'str'>, <class 'str'>, <class 'bytes'>\]"):
+    _ = p | beam.Create([("a", "0", make_example({}))]) | CrossProduct(str(tmp_path / "pairs"))
 
 
 @pytest.mark.parametrize("options, prepared", [({"collision": "left"}, 1), ({"collision": "prefix"}, 2)])
