@@ -194,8 +194,9 @@ def split_frames(data: bytes) -> list:
 def failing_cell(monkeypatch, cell):
   """Within the block, the job's cell ``(row, col)`` writes a few bytes of its temporary object and raises, as a
   worker that fails half-way through a cell would (a wrapped ``_WriteCellFn``, in-process runners only)."""
-  from beam_job import outputs, sinks, transforms  # pylint: disable=import-outside-toplevel
-  process = transforms._WriteCellFn.process  # pylint: disable=protected-access
+  from beam_job import outputs, sinks  # pylint: disable=import-outside-toplevel
+  from beam_job.stages import write  # pylint: disable=import-outside-toplevel
+  process = write._WriteCellFn.process  # pylint: disable=protected-access
 
   def failing(self, element, plan, broadcast):
     shard = element[0]
@@ -208,5 +209,5 @@ def failing_cell(monkeypatch, cell):
       raise RuntimeError(f"injected failure in cell {cell}")
 
   with monkeypatch.context() as patch:
-    patch.setattr(transforms._WriteCellFn, "process", failing)  # pylint: disable=protected-access
+    patch.setattr(write._WriteCellFn, "process", failing)  # pylint: disable=protected-access
     yield

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from beam_job import cli, outputs, transforms
+from beam_job import cli, outputs
+from beam_job.stages import prepare, write
 from tests.helpers import make_example, write_tfrecord
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,19 +42,19 @@ def _dropping(function, drop):
 
 def test_a_record_lost_between_reading_and_preparing_fails_naming_the_stage(small, tmp_path, monkeypatch):
   last = lambda element: element[1] == 5 and element[0].endswith("left.tfrecord")  # noqa: E731
-  monkeypatch.setattr(transforms._PrepareFn, "process", _dropping(transforms._PrepareFn.process, last))
+  monkeypatch.setattr(prepare._PrepareFn, "process", _dropping(prepare._PrepareFn.process, last))
   _fails_unpublished(small, tmp_path / "out" / "p",
                      r"record accounting, left side: 6 read, 5 good \+ 0 corrupt in the plan")
 
 
 def test_a_record_lost_before_the_side_stats_fails_naming_the_stage(small, tmp_path, monkeypatch):
-  add = transforms._Tally.add
+  add = prepare._Tally.add
 
   def losing(self, source, index, prepared):
     if not (source.endswith("right.tfrecord") and index == 3):
       add(self, source, index, prepared)
 
-  monkeypatch.setattr(transforms._Tally, "add", losing)
+  monkeypatch.setattr(prepare._Tally, "add", losing)
   # Caught where it first shows: the record the plan does not know is routed.
   for strategy in ("grid", "broadcast"):
     _fails_unpublished(small + ["--strategy", strategy], tmp_path / strategy / "p",
@@ -66,26 +67,26 @@ def test_a_record_lost_before_the_side_stats_fails_naming_the_stage(small, tmp_p
                                    ["--strategy", "grid", "--sample_rate", "0.5", "--seed", "3"]],
                          ids=["grid", "broadcast", "sampled"])
 def test_a_record_lost_on_its_way_to_a_cell_fails_naming_the_cell(small, tmp_path, monkeypatch, flags):
-  route = transforms._to_cells
+  route = write._to_cells
 
   def losing(element, side, plan, index_name):
     routed = list(route(element, side, plan, index_name))
     return routed[1:] if side == 0 and element[1] == 2 else routed  # left record 2 misses its first cell
 
-  monkeypatch.setattr(transforms, "_to_cells", losing)
+  monkeypatch.setattr(write, "_to_cells", losing)
   _fails_unpublished(small + flags, tmp_path / "out" / "p",
                      r"record accounting: cell \(\d+, 0\) received \d+ left record\(s\) \(distinct \d+\), the "
                      r"plan routes \d+ to it")
 
 
 def test_a_record_repeated_on_its_way_to_a_cell_fails(small, tmp_path, monkeypatch):
-  route = transforms._to_cells
+  route = write._to_cells
 
   def repeating(element, side, plan, index_name):
     routed = list(route(element, side, plan, index_name))
     return routed + routed[:1] if side == 1 and element[1] == 0 else routed
 
-  monkeypatch.setattr(transforms, "_to_cells", repeating)
+  monkeypatch.setattr(write, "_to_cells", repeating)
   _fails_unpublished(small + ["--strategy", "grid"], tmp_path / "out" / "p",
                      r"cell \(0, 0\) received 5 right record\(s\) \(distinct 4\), the plan routes 4")
 

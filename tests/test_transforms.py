@@ -17,9 +17,11 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+from apache_beam.typehints.decorators import TypeCheckError
 
-from beam_job import cli, transforms
+from beam_job import cli, stages
 from beam_job.errors import JobError, find_job_error
+from beam_job.stages import write
 from beam_job.transforms import Corrupt, CrossProduct, ReadExamples
 from tests.helpers import make_example, parse, read_tfrecords, write_tfrecord
 
@@ -97,7 +99,7 @@ def _summary_file(output: str, expected: dict) -> dict:
 
 
 def _counters(result) -> dict:
-  metrics = result.metrics().query(MetricsFilter().with_namespace(transforms.NAMESPACE))
+  metrics = result.metrics().query(MetricsFilter().with_namespace(stages.NAMESPACE))
   return {c.key.metric.name: c.committed for c in metrics["counters"]}
 
 
@@ -342,13 +344,13 @@ def test_the_run_token_is_chosen_when_the_pipeline_runs_not_when_it_is_built(tmp
 
 def test_broadcast_side_is_built_once_per_process_and_cut_into_column_ranges(tmp_path, monkeypatch):
   built = []
-  original = transforms._BroadcastSide.__init__
+  original = write._BroadcastSide.__init__
 
   def counting(self, *args):
     built.append(1)
     original(self, *args)
 
-  monkeypatch.setattr(transforms._BroadcastSide, "__init__", counting)
+  monkeypatch.setattr(write._BroadcastSide, "__init__", counting)
   output = str(tmp_path / "pairs")
   with _pipeline() as p:
     _ = ((p | "Left" >> beam.Create(LEFT), p | "Right" >> beam.Create(RIGHT))
@@ -384,6 +386,15 @@ def test_records_cross_stages_with_deterministic_compact_coders(tmp_path):
   assert _coder(p, "ToLeftCells") == "kv(varint,kv(varint,bytes))"
   assert _coder(p, "ToRightCells") == "kv(varint,kv(varint,bytes))"
   assert _coder(p, "Broadcast") == "kv(varint,bytes)"
+  _ = p | ReadExamples([str(tmp_path / "*.tfrecord")])  # read records: the payload may be a Corrupt
+  assert _coder(p, "ReadFrames") == "tuple(string_utf8,varint,pickled_python)"
+
+
+def test_records_of_the_wrong_type_fail_when_the_pipeline_is_built(tmp_path):
+  p = _pipeline()
+  with pytest.raises(TypeCheckError, match=r"at PrepareLeft: expected Tuple\[<class 'str'>, <class 'int'>, .*got "
+                                           r"Tuple\[<class 'str'>, <class 'str'>, <class 'bytes'>\]"):
+    _ = p | beam.Create([("a", "0", make_example({}))]) | CrossProduct(str(tmp_path / "pairs"))
 
 
 @pytest.mark.parametrize("options, prepared", [({"collision": "left"}, 1), ({"collision": "prefix"}, 2)])

@@ -1,0 +1,174 @@
+"""Prepare: each record parsed, selected and renamed once, and what the plan and the schema need about a side
+(``planning.SideStats``) tallied in the same pass; records travel on as bytes only."""
+
+import collections
+from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
+
+from beam_job import examples, output_schema, planning, sources
+from beam_job.errors import JobError
+from beam_job.planning import SIDES
+from beam_job.stages import NAMESPACE
+from beam_job.stages.read import Corrupt, Record
+
+if TYPE_CHECKING:
+  from beam_job.transforms import PairOptions
+
+class _Tally:
+  """What a bundle (or several, merged) learned about one side: good records and payload bytes per source,
+  corrupt indexes, how many records hold each feature name with each kind and length of value list (for the
+  schema, ``examples.prepare``'s shapes), and each source's exact indexes (``planning.IndexRuns``), which must
+  be 0, 1, 2, ... as ordinals need."""
+
+  def __init__(self):
+    self.good = collections.Counter()
+    self.bad: Dict[str, List[int]] = {}
+    self.size = 0
+    self.shapes: Dict[tuple, int] = {}
+    self.indexes: Dict[str, planning.IndexRuns] = {}
+
+  def add(self, source: str, index: int, prepared: Optional[examples.Prepared]) -> None:
+    if prepared is None:
+      self.bad.setdefault(source, []).append(index)
+    else:
+      self.good[source] += 1
+      self.size += len(prepared.payload)
+    runs = self.indexes.get(source)
+    if runs is None:
+      runs = self.indexes[source] = planning.IndexRuns()
+    runs.add(index)
+
+  def merge(self, other: "_Tally") -> None:
+    self.good.update(other.good)
+    for source, found in other.bad.items():
+      self.bad.setdefault(source, []).extend(found)
+    self.size += other.size
+    for shape, records in other.shapes.items():
+      self.shapes[shape] = self.shapes.get(shape, 0) + records
+    for source, runs in other.indexes.items():
+      self.indexes.setdefault(source, planning.IndexRuns()).merge(runs)
+
+  def stats(self) -> planning.SideStats:
+    for source, runs in self.indexes.items():
+      problem = runs.problem()
+      if problem:
+        raise JobError(f"the records of source {source!r} are not numbered 0, 1, 2, ... without gaps or repeats "
+                       f"({problem}): the runner lost or repeated records, or the indexes of a PCollection "
+                       "given to CrossProduct are not positions")
+    features = output_schema.side_features(self.shapes)
+    return planning.SideStats(good=dict(self.good), bad={s: tuple(sorted(i)) for s, i in self.bad.items()},
+                              payload_bytes=self.size, keys=frozenset(features), features=features)
+
+
+class _PrepareFn(beam.DoFn):
+  """Parses, filters and renames each record once, into ``(source, index, payload)``; bad payloads go to the
+  ``corrupt`` output. What the plan and the schema need is tallied in the same pass and leaves once per bundle
+  (``stats``), so records travel on as bytes only."""
+
+  def __init__(self, side: int, prefix: str, on_corrupt: str, select: Optional[frozenset] = None,
+               count: bool = True):
+    self._side = side
+    self._prefix = prefix
+    self._select = select
+    self._on_corrupt = on_corrupt
+    self._count = count
+    self._records = beam.metrics.Metrics.counter(NAMESPACE, f"{SIDES[side]}_records")
+    self._corrupt = beam.metrics.Metrics.counter(NAMESPACE, "corrupt_records")
+
+  def start_bundle(self):
+    self._tally = _Tally()
+    self._finder = sources.RecordFinder()  # used only for a payload that is not an Example
+
+  def finish_bundle(self):
+    self._finder.close()
+    yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value(self._tally))
+
+  def process(self, element: Record):
+    source, index, payload = element
+    if not isinstance(payload, Corrupt):
+      try:
+        prepared = examples.prepare(payload, self._prefix, self._select, self._tally.shapes)
+      except ValueError as e:
+        offset, kind = self._finder.find(source, index, payload) or (-1, "uncompressed")
+        payload = Corrupt(offset, str(e))
+        if self._on_corrupt == "fail":
+          self._finder.close()
+          raise JobError(sources.corrupt_input(source, index, offset, str(e), kind=kind)) from None
+      else:
+        self._tally.add(source, index, prepared)
+        if self._count:
+          self._records.inc()
+        yield source, index, prepared.payload
+        return
+    self._tally.add(source, index, None)
+    if self._count:
+      self._corrupt.inc()
+    yield beam.pvalue.TaggedOutput("corrupt", (source, index, payload))
+
+
+class _CountFn(beam.DoFn):
+  """Counts the records read where they are read (it runs in the reading stage, outputs nothing per element):
+  one ``(side, count)`` per bundle, with no shuffle of its own."""
+
+  def __init__(self, side: str):
+    self._side = side
+
+  def start_bundle(self):
+    self._count = 0
+
+  def process(self, element: Record) -> Iterable[Tuple[str, int]]:
+    self._count += 1
+    return ()
+
+  def finish_bundle(self):
+    yield GlobalWindows.windowed_value((self._side, self._count))
+
+
+class _SideStatsFn(beam.CombineFn):
+  """Merges the per-bundle tallies of one side into its ``SideStats``."""
+
+  def create_accumulator(self) -> _Tally:
+    return _Tally()
+
+  def add_input(self, acc: _Tally, tally: _Tally) -> _Tally:
+    acc.merge(tally)
+    return acc
+
+  def merge_accumulators(self, accumulators: Iterable[_Tally]) -> _Tally:
+    merged = _Tally()
+    for acc in accumulators:
+      merged.merge(acc)
+    return merged
+
+  def extract_output(self, acc: _Tally) -> planning.SideStats:
+    return acc.stats()
+
+
+class PreparedSide(NamedTuple):
+  """What ``PrepareSide`` makes of one side's records."""
+  records: beam.PCollection  # of (source, index, prepared payload): Tuple[str, int, bytes]
+  corrupt: beam.PCollection  # of (source, index, Corrupt), for the dead-letter list
+  stats: beam.PCollection  # the side's planning.SideStats, a singleton
+  read: Optional[beam.PCollection]  # of (side name, records read) per bundle; None unless the side is read here
+
+
+class PrepareSide(beam.PTransform):
+  """Parses each record once into its encoded entries and gathers the side's stats (``planning.SideStats``).
+
+  ``read`` says that these records are the side's own (not the left side's, paired with itself): only then
+  are they counted, in Beam counters and in ``PreparedSide.read`` for the accounting of ``Finalize``."""
+
+  def __init__(self, side: int, options: "PairOptions", read: bool):
+    super().__init__()
+    self._side, self._options, self._read = side, options, read
+
+  def expand(self, records: beam.PCollection[Record]):  # -> PreparedSide (Beam reads only PCollection hints)
+    side, options = self._side, self._options
+    prepared = records | "Parse" >> beam.ParDo(_PrepareFn(
+        side, options.prefixes[side], options.on_corrupt, options.selects[side], self._read)).with_output_types(
+            Tuple[str, int, bytes]).with_outputs("corrupt", "stats", main="records")
+    stats = prepared.stats | "Stats" >> beam.CombineGlobally(_SideStatsFn())
+    read = records | "CountRead" >> beam.ParDo(_CountFn(SIDES[side])) if self._read else None
+    return PreparedSide(prepared.records, prepared.corrupt, stats, read)

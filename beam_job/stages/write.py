@@ -1,0 +1,151 @@
+"""Write cells: each record routed to the cells of its row (left) or column (right), each cell's records
+grouped, and each cell written, where it is computed, to a temporary shard of its own."""
+
+import time
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.pvalue import AsIter, AsSingleton
+from apache_beam.utils import shared
+
+from beam_job import cells, examples, lease, outputs, planning, sinks
+from beam_job.planning import SIDES
+from beam_job.stages import NAMESPACE
+
+if TYPE_CHECKING:
+  from beam_job.transforms import PairOptions
+
+# Records between stages: ``(shard, (ordinal * 2 + side, payload))``, integers and bytes with Beam's
+# deterministic coders (VarInt, Bytes) instead of pickled tuples.
+Routed = Tuple[int, Tuple[int, bytes]]
+Prepared = Tuple[str, int, bytes]  # a prepared record: (source, index, payload)
+
+
+def _ordinal(plan: planning.Plan, side: int, source: str, index: int) -> int:
+  ordinal = plan.ordinal(side, source, index)
+  count = plan.left_count if side == 0 else plan.right_count
+  if not 0 <= ordinal < count:
+    raise RuntimeError(f"record accounting, {SIDES[side]} side: {source} record {index} has ordinal {ordinal}, the "
+                       f"plan has {count} record(s); the runner lost or duplicated records before planning")
+  return ordinal
+
+
+def _indexed(element: Prepared, side: int, plan: planning.Plan, index_name: Optional[str]) -> Tuple[int, bytes]:
+  """The record's ordinal and payload, with the ordinal as feature ``index_name`` (``--index_features``)."""
+  source, index, payload = element
+  ordinal = _ordinal(plan, side, source, index)
+  if index_name:
+    payload = examples.with_int64(examples.from_payload(payload), index_name, ordinal).payload
+  return ordinal, payload
+
+
+def _to_cells(element: Prepared, side: int, plan: planning.Plan, index_name: Optional[str]) -> Iterator[Routed]:
+  """Sends a record to every cell of its row (left) or column (right) that has pairs."""
+  if side == 1 and plan.strategy == "broadcast":
+    return
+  ordinal, payload = _indexed(element, side, plan, index_name)
+  chunk = plan.chunk(side, ordinal)
+  value = (ordinal * 2 + side, payload)
+  for shard in (plan.row_shards(chunk) if side == 0 else plan.column_shards(chunk)):
+    yield shard, value
+
+
+def _broadcast_side(element: Prepared, plan: planning.Plan, index_name: Optional[str]) -> Iterator[Tuple[int, bytes]]:
+  if plan.strategy == "broadcast":
+    yield _indexed(element, 1, plan, index_name)
+
+
+def _check_members(where: str, side: str, ordinals: List[int], expected: range) -> None:
+  """A cell holds each record of its row (column) exactly once: any runner loss or duplicate fails it here."""
+  if len(ordinals) == len(expected) and (not ordinals or (ordinals[0] == expected.start and
+                                                          ordinals[-1] == expected.stop - 1 and
+                                                          len(set(ordinals)) == len(ordinals))):
+    return
+  raise RuntimeError(f"record accounting: {where} received {len(ordinals)} {side} record(s) (distinct "
+                     f"{len(set(ordinals))}), the plan routes {len(expected)} to it (ordinals {expected.start}.."
+                     f"{expected.stop - 1}); the runner lost or duplicated records between routing and the cell")
+
+
+def _records(members: List[Tuple[int, bytes]], with_keys: bool) -> List[Tuple[int, examples.Prepared]]:
+  """``(ordinal, Prepared)`` sorted by ordinal; names are read back from the payload only when needed."""
+  members.sort(key=lambda member: member[0])
+  if with_keys:
+    return [(ordinal, examples.from_payload(payload)) for ordinal, payload in members]
+  return [(ordinal, examples.Prepared((), (), payload)) for ordinal, payload in members]
+
+
+class _BroadcastSide:
+  """The broadcast right side, sorted by ordinal, one copy per worker process (``shared.Shared``)."""
+
+  def __init__(self, elements: Iterable[Tuple[int, bytes]], right_count: int, with_keys: bool):
+    self.records = _records(list(elements), with_keys)
+    _check_members("the broadcast side", "right", [o for o, _ in self.records], range(right_count))
+
+
+class _WriteCellFn(beam.DoFn):
+  """Writes one cell's pairs to a temporary object of its own and reports its name and size."""
+
+  def __init__(self, options: "PairOptions", self_join: Optional[str]):
+    self._options = options
+    self._self_join = self_join
+    self._shared = shared.Shared()  # the broadcast side, built once per worker process
+    self._renewed = 0.0
+    self._pairs = beam.metrics.Metrics.counter(NAMESPACE, "pairs_written")
+    self._bytes = beam.metrics.Metrics.counter(NAMESPACE, "bytes_written")
+
+  def process(self, element: Tuple[int, Iterable[Tuple[int, bytes]]], plan: planning.Plan,
+              broadcast: Iterable[Tuple[int, bytes]]) -> Iterable[Dict[str, Any]]:
+    shard, members = element
+    options, token = self._options, plan.run
+    if time.time() - self._renewed > lease.RENEW_SECONDS:
+      lease.renew(options.output, token)
+      self._renewed = time.time()
+    row, col, _ = plan.cells[shard]
+    expected = plan.members(row, col)
+    with_keys = options.collision in ("left", "right") and bool(plan.collisions)
+    sides = ([], [])
+    for key, payload in members:
+      sides[key & 1].append((key >> 1, payload))
+    left = _records(sides[0], with_keys)
+    if plan.strategy == "broadcast":
+      whole = self._shared.acquire(lambda: _BroadcastSide(broadcast, plan.right_count, with_keys), tag=token)
+      right = whole.records[expected[1].start:expected[1].stop]
+      if sides[1]:
+        raise RuntimeError(f"record accounting: cell {(row, col)} received right records although the right "
+                           "side is broadcast")
+    else:
+      right = _records(sides[1], with_keys)
+    _check_members(f"cell {(row, col)}", "left", [o for o, _ in left], expected[0])
+    _check_members(f"cell {(row, col)}", "right", [o for o, _ in right], expected[1])
+    path = sinks.attempt_path(outputs.temp_dir(options.output, token), shard, plan.shard_count)
+    sample = (options.sample_rate, options.seed) if options.sample_rate < 1 else None
+    with sinks.open_shard(path, options.output_compression) as out:
+      pairs, size = cells.write_cell(left, right, out, self_join=self._self_join, collision=options.collision,
+                                     collisions=plan.collisions, sample=sample)
+    self._pairs.inc(pairs)
+    self._bytes.inc(size)
+    yield {"shard": shard, "temp": path, "size": out.count, "pairs": pairs, "record_bytes": size,
+           "left": len(left), "right": len(right)}
+
+
+class WriteCells(beam.PTransform):
+  """Applied to ``(left, right)`` prepared records: writes every cell of ``plan`` (the ``Plan`` singleton) to a
+  temporary shard and outputs one result per cell (shard, temporary name, size, pairs, records per side).
+
+  A grid sends each record to the cells of its row or column; a broadcast plan sends the left records to their
+  row's cells and the whole right side to every worker, as a side input."""
+
+  def __init__(self, options: "PairOptions", self_join: Optional[str], plan: beam.PCollection[planning.Plan]):
+    super().__init__()
+    self._options, self._self_join, self._plan = options, self_join, plan
+
+  def expand(self, records) -> beam.PCollection[Dict[str, Any]]:
+    plan, index_names = self._plan, self._options.index_names()
+    routed = [side | f"To{SIDES[i].title()}Cells" >> beam.FlatMap(
+        _to_cells, i, AsSingleton(plan), index_names[i]).with_output_types(Routed) for i, side in enumerate(records)]
+    broadcast = records[1] | "Broadcast" >> beam.FlatMap(
+        _broadcast_side, AsSingleton(plan), index_names[1]).with_output_types(Tuple[int, bytes])
+    return (routed | "FlattenCells" >> beam.Flatten()
+            | "GroupCells" >> beam.GroupByKey()
+            | "WriteCell" >> beam.ParDo(_WriteCellFn(self._options, self._self_join), AsSingleton(plan),
+                                        AsIter(broadcast)))
