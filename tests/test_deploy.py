@@ -528,3 +528,15 @@ def test_template_files_are_written_from_the_one_definition_of_the_flags(path):
   """templates/metadata.json and the DAGs' job_flags.json are ``python -m beam_job.flags``'s output."""
   with open(os.path.join(ROOT, path), encoding="utf-8") as f:
     assert f.read() == flags.render(flags.TEMPLATE_FILES[path]), f"{path} is stale: run python -m beam_job.flags"
+
+
+def test_readme_module_map_matches_the_tree():
+  """README's module map names every module of beam_job/ once (no more, no fewer)."""
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    text = f.read()
+  block = text.split("### Module map, in the order the data flows", 1)[1].split("```")[1]
+  listed = [line.split()[0] for line in block.splitlines() if line.startswith("beam_job/")]
+  modules = sorted(os.path.relpath(os.path.join(folder, name), ROOT)
+                   for folder, _, names in os.walk(os.path.join(ROOT, "beam_job")) for name in names
+                   if name.endswith(".py") and name not in ("__init__.py", "__main__.py"))
+  assert sorted(listed) == modules and len(listed) == len(set(listed))
