@@ -141,8 +141,10 @@ def build(pipeline: beam.Pipeline, args, temp_token: Optional[str] = None,
   if args.right:
     records = (left, pipeline | "ReadRight" >> transforms.ReadExamples(
         sources.split_patterns(args.right), args.compression, args.on_corrupt))
-  return records | "CrossProduct" >> transforms.CrossProduct(
-      dry_run=args.dry_run, temp_token=temp_token, inputs=inputs, **pair_options(args))
+  if args.dry_run:
+    return records | "DescribePairs" >> transforms.DescribePairs(**pair_options(args))
+  return records | "CrossProduct" >> transforms.CrossProduct(temp_token=temp_token, inputs=inputs,
+                                                             **pair_options(args))
 
 
 def pair_options(args) -> dict:

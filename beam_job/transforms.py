@@ -19,7 +19,7 @@ from beam_job.stages.prepare import PreparedSide, PrepareSide
 from beam_job.stages.read import Corrupt, ReadExamples
 from beam_job.stages.write import WriteCells
 
-__all__ = ["Corrupt", "CrossProduct", "PairOptions", "ReadExamples"]
+__all__ = ["Corrupt", "CrossProduct", "DescribePairs", "PairOptions", "ReadExamples"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,55 +110,69 @@ class PairOptions:
             "strategy": self.strategy}
 
 
+def _pair_options(output: str, options: dict) -> PairOptions:
+  for name in ("left_features", "right_features"):
+    if options.get(name) is not None:
+      options[name] = tuple(options[name])
+  return PairOptions(output, **options)
+
+
+def _prepare(options: PairOptions, inputs) -> Tuple[Tuple[PreparedSide, PreparedSide], Optional[str]]:
+  """Both sides prepared (a self-join whose sides are prepared alike, once), and the self-join mode."""
+  left, right = inputs if isinstance(inputs, tuple) else (inputs, None)
+  running_modes.refuse_lossy_mode(left.pipeline.options, left.pipeline.runner)
+  if right is not None and options.self_join != "product":
+    raise JobError("--self_join applies only when --right is omitted")
+  self_join = options.self_join if right is None else None
+  left_side = left | "PrepareLeft" >> PrepareSide(0, options, read=True)
+  if right is None and options.prefixes[0] == options.prefixes[1] and options.selects[0] == options.selects[1]:
+    return (left_side, left_side), self_join
+  right_side = (left if right is None else right) | "PrepareRight" >> PrepareSide(1, options, read=right is not None)
+  return (left_side, right_side), self_join
+
+
 class CrossProduct(beam.PTransform):
   """Writes every pair of two PCollections of ``(source, index, serialized Example)`` as merged Examples.
 
   Apply it to ``(left, right)``, or to one PCollection to pair it with itself (see ``self_join``). Output is
   ``{output}-SSSSS-of-NNNNN.tfrecord[.gz]``, ``{output}-schema.pbtxt`` and ``{output}-summary.json``, written
-  last; the result is a PCollection holding the summary dict. With ``dry_run`` it writes nothing and holds the
-  plan's description instead, a dict too (``beam_job.stages.plan.DescribePlan``).
-  Records are ordered by ``source`` then ``index``; that order fixes which pairs ``combinations`` keeps and
-  the bytes of every shard. Keyword arguments are the fields of ``PairOptions`` (the CLI's flags). ``inputs``
-  (``{"compression": ..., "left": {"patterns": [...], "files": {path: size}}, "right": ... or None}``, as the
-  CLI matched them) goes into the summary, for ``beam_job.verify``; every source read must be one of its files.
+  last; the result is a PCollection holding the summary dict (``DescribePairs`` gives the plan instead,
+  writing nothing). Records are ordered by ``source`` then ``index``; that order fixes which pairs
+  ``combinations`` keeps and the bytes of every shard. Keyword arguments are the fields of ``PairOptions``
+  (the CLI's flags). ``inputs`` (``{"compression": ..., "left": {"patterns": [...], "files": {path: size}},
+  "right": ... or None}``, as the CLI matched them) goes into the summary, for ``beam_job.verify``; every
+  source read must be one of its files.
   """
 
-  def __init__(self, output: str, *, dry_run: bool = False, temp_token: Optional[str] = None,
-               inputs: Optional[dict] = None, **options):
+  def __init__(self, output: str, *, temp_token: Optional[str] = None, inputs: Optional[dict] = None, **options):
     super().__init__()
-    for name in ("left_features", "right_features"):
-      if options.get(name) is not None:
-        options[name] = tuple(options[name])
-    self._options = PairOptions(output, **options)
-    self._dry_run = dry_run
+    self._options = _pair_options(output, options)
     self._inputs = inputs
     # The run's token names its temporary folder and lease; chosen when the pipeline runs unless a caller that
     # is itself one run (the CLI) passes its own, so that it can clean up after a failure.
     self._token = temp_token
 
   def expand(self, inputs) -> beam.PCollection[Dict[str, Any]]:
-    left, right = inputs if isinstance(inputs, tuple) else (inputs, None)
-    running_modes.refuse_lossy_mode(left.pipeline.options, left.pipeline.runner)
     options = self._options
-    if right is not None and options.self_join != "product":
-      raise JobError("--self_join applies only when --right is omitted")
-    self_join = options.self_join if right is None else None
     # read (ReadExamples, before this transform) -> prepare -> plan -> write cells -> finalize
-    sides = self._prepare(left, right)
+    sides, self_join = _prepare(options, inputs)
     stats = (sides[0].stats, sides[1].stats)
-    if self._dry_run:
-      return stats | "DescribePlan" >> DescribePlan(options, self_join)
     plan = stats | "Plan" >> Plan(options, self_join, self._token)
     cells = (sides[0].records, sides[1].records) | "WriteCells" >> WriteCells(options, self_join, plan)
-    read = sides[:1] if right is None else sides  # the sides read from their own records
+    read = sides if isinstance(inputs, tuple) else sides[:1]  # the sides read from their own records
     return ({"plan": plan, "cells": cells, "stats": stats, "corrupt": tuple(side.corrupt for side in read),
              "read": tuple(side.read for side in read)}
             | "Finalize" >> Finalize(options, self_join, self._inputs))
 
-  def _prepare(self, left, right) -> Tuple[PreparedSide, PreparedSide]:
-    options = self._options
-    left_side = left | "PrepareLeft" >> PrepareSide(0, options, read=True)
-    if right is None and options.prefixes[0] == options.prefixes[1] and options.selects[0] == options.selects[1]:
-      return left_side, left_side  # a self-join whose sides are prepared alike: prepare once
-    right_side = (left if right is None else right) | "PrepareRight" >> PrepareSide(1, options, read=right is not None)
-    return left_side, right_side
+
+class DescribePairs(beam.PTransform):
+  """``--dry_run``: what ``CrossProduct`` with the same options would do to the same inputs, as the plan's
+  description (a dict: records, pairs, shards, grid, collisions, problems); nothing is written."""
+
+  def __init__(self, output: str, **options):
+    super().__init__()
+    self._options = _pair_options(output, options)
+
+  def expand(self, inputs) -> beam.PCollection[Dict[str, Any]]:
+    sides, self_join = _prepare(self._options, inputs)
+    return (sides[0].stats, sides[1].stats) | "DescribePlan" >> DescribePlan(self._options, self_join)

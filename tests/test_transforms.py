@@ -417,3 +417,16 @@ def test_a_self_join_is_prepared_once_when_both_sides_are_prepared_alike(tmp_pat
       merged.MergeFrom(ordered[i])
       expected[merged.features.SerializeToString(deterministic=True)] += 1
     assert _read(summary) == expected
+
+
+def test_describe_pairs_gives_the_plan_and_writes_nothing(tmp_path):
+  """The dry run is its own composite: CrossProduct always yields the summary, DescribePairs the plan."""
+  from beam_job import DescribePairs
+  left = [("l", i, make_example({"a": [i]})) for i in range(3)]
+  right = [("r", j, make_example({"b": [float(j)]})) for j in range(2)]
+  with _pipeline() as p:
+    plan = ((p | "L" >> beam.Create(left), p | "R" >> beam.Create(right))
+            | DescribePairs(str(tmp_path / "pairs"), strategy="grid"))
+    assert_that(plan | beam.Map(lambda d: (d["pairs"], d["left_records"], d["right_records"])),
+                equal_to([(6, 3, 2)]))
+  assert list(tmp_path.iterdir()) == []
