@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn, \
     TransferSpeedColumn
 
-# How often the folder is read and the display redrawn; tests set it lower through the environment.
+# How often the folder is read and the display redrawn, in seconds (BEAM_JOB_PROGRESS_SECONDS: a slow terminal
+# or a recording may want it otherwise).
 _POLL_SECONDS = float(os.environ.get("BEAM_JOB_PROGRESS_SECONDS", "1.0"))
 
 
