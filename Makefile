@@ -22,4 +22,4 @@ demo: $(STAMP)
 	$(BIN)/python -m beam_job.report sample/out/pairs
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto --dist loadfile tests

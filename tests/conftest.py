@@ -68,12 +68,27 @@ _airflow_install = None
 
 
 def pytest_collection_modifyitems(session, config, items):
-  """Puts the Airflow tests last and, when their virtualenv is missing or out of date, starts installing it
-  now (pip, a minute or more on a fresh clone), so that it overlaps the other tests instead of adding to them;
-  the tests' own ``_ensure_airflow_venv`` waits on the same lock."""
-  global _airflow_install  # pylint: disable=global-statement
+  """Puts the Airflow tests last (with pytest-xdist, every worker collects the same order)."""
   items.sort(key=lambda item: item.fspath.basename == _AIRFLOW_TESTS)  # stable: the rest keep their order
-  if not any(item.fspath.basename == _AIRFLOW_TESTS for item in items):
+
+
+def _selects_airflow_tests(args) -> bool:
+  """Whether the command line names test_airflow.py or a folder holding it (``pytest tests``)."""
+  for arg in args or ["."]:
+    path = os.path.abspath(arg.split("::", 1)[0])
+    if os.path.basename(path) == _AIRFLOW_TESTS or os.path.isfile(os.path.join(path, _AIRFLOW_TESTS)):
+      return True
+  return False
+
+
+def pytest_sessionstart(session):
+  """When the Airflow tests will run and their virtualenv is missing or out of date, starts installing it now
+  (pip, a minute or more on a fresh clone), once, in the main process (not in pytest-xdist's workers), so that
+  it overlaps the other tests instead of adding to them; the tests' own ``_ensure_airflow_venv`` waits on the
+  same lock."""
+  global _airflow_install  # pylint: disable=global-statement
+  config = session.config
+  if hasattr(config, "workerinput") or not _selects_airflow_tests(config.args):
     return
   from tests import test_airflow  # pylint: disable=import-outside-toplevel
   if test_airflow.airflow_venv_ready():
