@@ -176,6 +176,9 @@ def _prepare(options: PairOptions, inputs) -> Tuple[Tuple[PreparedSide, Prepared
   if right is not None and options.self_join != "product":
     raise JobError("--self_join applies only when --right is omitted")
   self_join = options.self_join if right is None else None
+  if right is None and options.left_group_by is not None:
+    raise JobError("--left_group_by and --right_group_by name the group feature of each of two sides; without "
+                   "--right use --group_by")
   left_side = left | "PrepareLeft" >> PrepareSide(0, options, read=True)
   if right is None and options.prefixes[0] == options.prefixes[1] and options.selects[0] == options.selects[1]:
     return (left_side, left_side), self_join
