@@ -268,3 +268,37 @@ def test_flag_exclusions(kwargs, message):
   with pytest.raises(JobError) as raised:
     PairOptions(output="/tmp/never-written", **kwargs)
   assert str(raised.value) == message
+
+
+def _pairs(summary) -> set:
+  found = set()
+  for record in read_tfrecords(summary["shards"]):
+    features = tf.train.Example.FromString(record).features.feature
+    found.add((features["left_index"].int64_list.value[0], features["right_index"].int64_list.value[0]))
+  return found
+
+
+@pytest.mark.parametrize("flags", [["--pairs_per_left", "4"], ["--sample_rate", "0.3"]], ids=["k", "sampled"])
+def test_the_same_pairs_on_any_cell_grid(tmp_path, data, flags):
+  """K per record and a sample within groups are decided per record (seed, ordinal, rank), not per cell."""
+  runs = [run(tmp_path, f"grid{i}", data["left_path"], data["right_path"], "--group_by", "q", "--seed", "9", *flags,
+              "--target_shard_mb", target) for i, target in enumerate(("256", "0.001"))]
+  assert len(runs[0]["shards"]) == 1 < len(runs[1]["shards"])
+  assert _pairs(runs[0]) == _pairs(runs[1])
+  within = {(i, j) for _, i, j, _ in reference(data["left"], data["right"])}
+  assert _pairs(runs[0]) <= within and runs[0]["pairs"] == len(_pairs(runs[0]))
+  if "--sample_rate" in flags:
+    assert 0.15 * len(within) < runs[0]["pairs"] < 0.45 * len(within)
+
+
+def test_feature_selection_and_collision_left_within_groups(tmp_path, data):
+  """The key is read before --left_features drops it; --collision left keeps the left value of 'q'."""
+  summary = cli.run(["--left", data["left_path"], "--right", data["right_path"], "--output", str(tmp_path / "o" / "p"),
+                     "--group_by", "q", "--collision", "left", "--left_features", "a", "--right_features", "q,b"])
+  found = [dict(tf.train.Example.FromString(r).features.feature) for r in read_tfrecords(summary["shards"])]
+  expected = [(l, r) for _, l, r, _ in reference(data["left"], data["right"])]
+  assert len(found) == len(expected) == summary["pairs"]
+  for features, (l, r) in zip(found, expected):
+    assert set(features) == {"a", "q", "b"}
+    assert (features["a"].int64_list.value[0], features["b"].float_list.value[0]) == (l, float(r))
+    assert features["q"].int64_list.value[0] == r % 7 == l % 5
