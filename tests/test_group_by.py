@@ -302,3 +302,39 @@ def test_feature_selection_and_collision_left_within_groups(tmp_path, data):
     assert set(features) == {"a", "q", "b"}
     assert (features["a"].int64_list.value[0], features["b"].float_list.value[0]) == (l, float(r))
     assert features["q"].int64_list.value[0] == r % 7 == l % 5
+
+
+@pytest.mark.parametrize("flags", [
+    ["--group_by", "q", "--target_shard_mb", "0.001"],
+    ["--left_group_by", "tag", "--right_group_by", "label", "--sample_rate", "0.5"],
+    ["--pairs_per_left", "3", "--target_shard_mb", "0.002"],
+    ["--pairs_per_left", "2", "--group_by", "q", "--output_compression", "gzip"],
+], ids=["int", "bytes-sampled", "k", "k-grouped-gzip"])
+def test_verify_checks_grouped_and_k_outputs(tmp_path, data, capsys, flags):
+  from beam_job import verify
+  summary = run(tmp_path, "v", data["left_path"], data["right_path"], *flags)
+  prefix = str(tmp_path / "out" / "v")
+  capsys.readouterr()
+  assert verify.main(["--output", prefix]) == 0
+  said = capsys.readouterr().out
+  assert said.startswith(f"verified {summary['pairs']:,} pairs in {len(summary['shards'])} shard(s)")
+  assert "not checked independently: beam_job.expected does not define --group_by / --pairs_per_left" in said
+  # A shard whose records were swapped for another cell's: the same count, other bytes.
+  shards = summary["shards"]
+  victim = max(shards, key=os.path.getsize)
+  with open(victim, "rb") as f:
+    data_bytes = f.read()
+  with open(victim, "wb") as f:
+    f.write(data_bytes[:-1] + bytes([data_bytes[-1] ^ 1]))
+  assert verify.main(["--output", prefix]) == 1
+  assert capsys.readouterr().err.startswith("verify failed: ")
+
+
+def test_verify_checks_a_self_join_within_groups_with_skipped_keys(tmp_path, capsys):
+  from beam_job import verify
+  left = [make_example({"q": [b"k%d" % (i % 4)], "a": [i]}) if i % 9 else make_example({"a": [i]}) for i in range(30)]
+  path = write_tfrecord(tmp_path / "l.tfrecord", left)
+  run(tmp_path, "vs", path, None, "--group_by", "q", "--self_join", "combinations", "--missing_group", "skip",
+      "--target_shard_mb", "0.001")
+  capsys.readouterr()
+  assert verify.main(["--output", str(tmp_path / "out" / "vs")]) == 0, capsys.readouterr().err

@@ -204,6 +204,37 @@ def _check_group(where: str, side: str, ordinals: List[int], expected: range) ->
                      f"{expected.stop - 1}); the runner lost or duplicated records between routing and the cell")
 
 
+def write_member(grouped: grouping.GroupedPlan, member: grouping.Member, left: List[Tuple[int, examples.Prepared]],
+                 right: List[Tuple[int, examples.Prepared]], out, options: "PairOptions", self_join: Optional[str],
+                 collisions: Tuple[str, ...]) -> Tuple[int, int]:
+  """Writes one group's part of a cell (``left`` and ``right``: its records as ``(ordinal, Prepared)`` sorted by
+  ordinal, the ranks of ``member``); returns (pairs, bytes). Records are named by rank within the group (so that
+  a self-join's step compares ranks); a draw (--pairs_per_left) or a sample is seeded by the left record's
+  ordinal, so the pairs do not depend on the cells. ``beam_job.verify`` writes the same to compare."""
+  ordinals = [ordinal for ordinal, _ in left]
+  left = [(member.left.start + i, record) for i, (_, record) in enumerate(left)]
+  right = [(member.right.start + j, record) for j, (_, record) in enumerate(right)]
+  merge = {"self_join": self_join, "collision": options.collision, "collisions": collisions}
+  k, seed, start, stop = options.pairs_per_left, options.seed, member.right.start, member.right.stop
+  if k is not None:
+    count = grouped.rights[grouped.index(member.key)]
+
+    def columns(i):
+      rank = member.left.start + i
+      first = grouping.first_candidate(rank, self_join)
+      return [first + p - start for p in sampling.pick_in(
+          seed, ordinals[i], k, grouping.eligible(rank, count, self_join), start - first, stop - first)]
+  elif options.sample_rate < 1:
+    step = planning.MIN_STEP.get(self_join)
+
+    def columns(i):
+      begin = start if step is None else max(start, member.left.start + i + step)
+      return [rank - start for rank in sampling.kept_columns(seed, options.sample_rate, ordinals[i], begin, stop)]
+  else:
+    return cells.write_cell(left, right, out, **merge)
+  return cells.write_reference(left, right, out, columns=columns, **merge)
+
+
 class _WriteGroupCellFn(beam.DoFn):
   """Writes one cell of a grouped plan: its groups in key order, each group's part as a cell of its own
   (left rank, then right rank), all to one temporary shard."""
@@ -238,7 +269,7 @@ class _WriteGroupCellFn(beam.DoFn):
         where = f"cell {shard} (group {grouping.display_key(member.key) if member.key else '(all)'})"
         _check_group(where, "left", [o for o, _ in left], member.left)
         _check_group(where, "right", [o for o, _ in right], member.right)
-        written = self._write(grouped, member, left, right, out, plan.collisions)
+        written = write_member(grouped, member, left, right, out, options, self._self_join, plan.collisions)
         pairs += written[0]
         size += written[1]
     self._pairs.inc(pairs)
@@ -246,33 +277,6 @@ class _WriteGroupCellFn(beam.DoFn):
     records = cell.records
     yield {"shard": shard, "temp": path, "size": out.count, "pairs": pairs, "record_bytes": size,
            "left": records[0], "right": records[1]}
-
-  def _write(self, grouped, member, left, right, out, collisions) -> Tuple[int, int]:
-    """One group's part of the cell. Records are named by rank within the group (so that a self-join's step
-    compares ranks); a draw (--pairs_per_left) or a sample is seeded by the left record's ordinal."""
-    options, self_join = self._options, self._self_join
-    ordinals = [ordinal for ordinal, _ in left]
-    left = [(member.left.start + i, record) for i, (_, record) in enumerate(left)]
-    right = [(member.right.start + j, record) for j, (_, record) in enumerate(right)]
-    merge = {"self_join": self_join, "collision": options.collision, "collisions": collisions}
-    k, seed, start, stop = options.pairs_per_left, options.seed, member.right.start, member.right.stop
-    if k is not None:
-      count = grouped.rights[grouped.index(member.key)]
-
-      def columns(i):
-        rank = member.left.start + i
-        first = grouping.first_candidate(rank, self_join)
-        return [first + p - start for p in sampling.pick_in(
-            seed, ordinals[i], k, grouping.eligible(rank, count, self_join), start - first, stop - first)]
-    elif options.sample_rate < 1:
-      step = planning.MIN_STEP.get(self_join)
-
-      def columns(i):
-        begin = start if step is None else max(start, member.left.start + i + step)
-        return [rank - start for rank in sampling.kept_columns(seed, options.sample_rate, ordinals[i], begin, stop)]
-    else:
-      return cells.write_cell(left, right, out, **merge)
-    return cells.write_reference(left, right, out, columns=columns, **merge)
 
 
 class WriteCells(beam.PTransform):
