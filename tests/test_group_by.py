@@ -230,7 +230,8 @@ def test_k_with_self_join_combinations_within_groups(tmp_path, data):
 
 def test_k_is_uniform_over_seeds(tmp_path):
   """One left record, 4 right records, K = 2: each of the 6 pairs of right records comes out about equally
-  often over 300 seeds (a chi-square test at a significance far below any flaky rate)."""
+  often over 600 seeds (a chi-square test at a significance far below any flaky rate): the draw the writer
+  makes per left record (sampling.pick_in), without the job around it."""
   from beam_job import sampling
   counts = collections.Counter(tuple(sampling.pick_in(seed, 0, 2, 4, 0, 4)) for seed in range(600))
   assert set(counts) == set(itertools.combinations(range(4), 2))
