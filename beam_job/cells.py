@@ -6,7 +6,7 @@ its records and the options.
 """
 
 import bisect
-from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from beam_job import examples, planning, sampling, tfrecord
 
@@ -34,12 +34,15 @@ def _columns(ordinal: int, right_ordinals: List[int], step: Optional[int], sampl
 
 
 def pair_examples(left: Side, right: Side, self_join: Optional[str] = None, collision: str = "error",
-                  collisions: Sequence[str] = (), sample: Optional[Tuple[float, int]] = None) -> Iterator[bytes]:
+                  collisions: Sequence[str] = (), sample: Optional[Tuple[float, int]] = None,
+                  columns: Optional[Callable[[int], Iterable[int]]] = None) -> Iterator[bytes]:
   """Yields the serialized merged Example of every kept pair of the cell, row-major.
 
   With ``collision`` ``left`` (or ``right``) the other side's entries are dropped only where the winning
   record has a feature of that name, so no output record ever holds a name twice. ``sample`` is
   ``(rate, seed)`` of ``--sample_rate``: only the pairs ``sampling.kept_columns`` names are produced.
+  ``columns``, when given, decides instead: the positions in ``right`` paired with ``left[i]``, increasing
+  (the grouped writer's ``--pairs_per_left`` and ``--sample_rate`` within groups).
   """
   step = planning.MIN_STEP.get(self_join)
   right_ordinals = [ordinal for ordinal, _ in right]
@@ -55,12 +58,12 @@ def pair_examples(left: Side, right: Side, self_join: Optional[str] = None, coll
       losers[key] = examples.without(record, names)
     return losers[key]
 
-  for ordinal, left_record in left:
+  for i, (ordinal, left_record) in enumerate(left):
     left_names = collide.intersection(left_record.keys) if collision == "left" else frozenset()
     if collision == "right" or left_names != losers_for:
       losers.clear()
       losers_for = left_names
-    for j in _columns(ordinal, right_ordinals, step, sample):
+    for j in (_columns(ordinal, right_ordinals, step, sample) if columns is None else columns(i)):
       right_record = right[j][1]
       if collision == "right":
         names = collide.intersection(right_record.keys)

@@ -20,11 +20,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_job import planning, sampling, sources
+from beam_job import grouping, planning, sampling, sources
 
 COLLISIONS = ("error", "prefix", "left", "right")
 ON_CORRUPT = ("fail", "skip")
 STRATEGIES = ("auto", "broadcast", "grid")
+MISSING_GROUP = grouping.MISSING_GROUP
 OUTPUT_COMPRESSIONS = ("uncompressed", "gzip")
 
 
@@ -77,6 +78,20 @@ def seed(text: str) -> int:
     raise argparse.ArgumentTypeError(
         f"must be a whole number from {sampling.MIN_SEED} to {sampling.MAX_SEED} (64-bit signed), not {text}")
   return value
+
+
+def per_left(text: str) -> int:
+  """--pairs_per_left: a whole number of right records per left record, at least 1."""
+  value = count(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+  return value
+
+
+def feature_name(text: str) -> str:
+  if not text.strip():
+    raise argparse.ArgumentTypeError("expected a feature name")
+  return text
 
 
 def _number(text: str) -> float:
@@ -191,8 +206,24 @@ FLAGS: Tuple[Flag, ...] = (
          "decided by --seed; 1 keeps every pair.",
          "Pair sampling rate", r"^(1(\.0*)?|0?\.[0-9]*[1-9][0-9]*)$", default=1.0, type=rate, dag_type="number",
          dag_bounds={"exclusiveMinimum": 0, "maximum": 1}),
-    Flag("seed", "Seed of --sample_rate: a whole number from -2**63 to 2**63 - 1.",
+    Flag("seed", "Seed of --sample_rate and --pairs_per_left: a whole number from -2**63 to 2**63 - 1.",
          "Sampling seed", r"^-?[0-9]+$", default=0, type=seed, dag_type="integer"),
+    Flag("group_by", "Pair only records whose feature of this name (before prefixing) holds the same value on "
+         "both sides: one int64 or bytes value per record. Omitted: the full product.",
+         "Group feature", r"^[^\n\r]*[^\s][^\n\r]*$", type=feature_name),
+    Flag("left_group_by", "As --group_by, when the group feature's name differs between the sides: its left "
+         "name (with --right_group_by, and --right).",
+         "Left group feature", r"^[^\n\r]*[^\s][^\n\r]*$", type=feature_name),
+    Flag("right_group_by", "The group feature's right name (with --left_group_by).",
+         "Right group feature", r"^[^\n\r]*[^\s][^\n\r]*$", type=feature_name),
+    Flag("missing_group", "A record without exactly one group key value: fail (names file, record and "
+         "feature) or skip (leave it out, count it and list it in the summary).",
+         "Records without a group key", _one_of(MISSING_GROUP), default="fail", choices=MISSING_GROUP),
+    Flag("pairs_per_left", "Pair each left record with exactly min(K, eligible) of the right records it would "
+         "otherwise be paired with (within its group with --group_by), drawn uniformly by --seed; not with "
+         "--sample_rate.",
+         "Right records per left record", r"^[0-9]*[1-9][0-9]*$", type=per_left, dag_type="integer",
+         dag_bounds={"minimum": 1}),
     Flag("dry_run", "Read the inputs, print the plan (and any problem, with the flag that fixes it) and exit "
          "without writing anything.",
          "Dry run", "^(true|false)$", switch=True, template=False, pipeline=False, dag_type="boolean"),

@@ -28,6 +28,8 @@ _OFFSET = 1 << 63  # int64 + 2 ** 63, big-endian, sorts as the int64s do
 MISSING_GROUP = ("fail", "skip")  # what --missing_group does with a record that has no key
 # The summary and the dry run show this many of the groups with the most pairs.
 LARGEST_SHOWN = 10
+# --pairs_per_left without --group_by: the whole product is one group, of this key, whose ranks are the ordinals.
+WHOLE = b""
 
 
 class MissingKey(Exception):
@@ -308,6 +310,23 @@ class GroupedPlan:
     """Every cell in shard order (computed as it goes: a plan of millions of cells holds none of them)."""
     for shard in range(self.shard_count):
       yield self.cell(shard)
+
+  def grid_summary(self) -> dict:
+    """The summary's and the dry run's ``grid`` of a grouped plan: its cells, and the groups cut into cells."""
+    return {"cells": self.shard_count, "groups_with_pairs": self.group_count, "cut_groups": len(self.cut)}
+
+  def shuffle_bytes(self) -> int:
+    """Record bytes moved to build the cells: a record of a packed group once, a record of a cut group to every
+    cell of its row (column) of the group's grid (by average record sizes). O(groups)."""
+    total = 0.0
+    for group in range(len(self.keys)):
+      left, right = self.lefts[group], self.rights[group]
+      if self.is_cut(group):
+        grid = self.grid(group)
+        total += left * self.side_bytes[0] * grid.cols + right * self.side_bytes[1] * grid.rows
+      else:
+        total += left * self.side_bytes[0] + right * self.side_bytes[1]
+    return int(total)
 
   def summary(self) -> dict:
     """What the dry run and the summary report about the groups."""

@@ -54,6 +54,7 @@ class SideStats:
   payload_bytes: int  # encoded feature entries of all good records
   keys: FrozenSet[str]  # every feature name seen (after renaming)
   features: Dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> output_schema.Values
+  groups: Dict[bytes, int] = dataclasses.field(default_factory=dict)  # --group_by: encoded key -> good records
 
   @property
   def count(self) -> int:
@@ -162,6 +163,9 @@ class Plan:
   collision: str = "error"
   run: Optional[str] = None  # the token of the run that writes this plan (None in a dry run)
   problems: Tuple[str, ...] = ()  # why the job would fail (a dry run plans on; a real run raises instead)
+  # --group_by / --pairs_per_left: the cells are this ``grouping.GroupedPlan``'s; the fields above still give the
+  # ordinals, counts and collisions (the grid fields are unused)
+  grouped: Optional[Any] = None
 
   def __getstate__(self):
     return {k: v for k, v in self.__dict__.items() if k != "cells"}  # the cache stays behind
@@ -171,6 +175,8 @@ class Plan:
     """Record bytes moved between stages to build the cells (never the pairs themselves): each left record
     goes to every cell of its row, and each right record to every cell of its column, or, broadcast, to every
     worker process once as a side input (counted once)."""
+    if self.grouped is not None:
+      return self.grouped.shuffle_bytes()
     if self.strategy == "broadcast":
       return self.side_bytes[0] * self.cols + self.side_bytes[1]
     return self.side_bytes[0] * self.cols + self.side_bytes[1] * self.rows
@@ -213,12 +219,14 @@ class Plan:
   @property
   def grid(self) -> dict:
     """The cell grid, as the summary and the dry run show it."""
+    if self.grouped is not None:
+      return self.grouped.grid_summary()
     return {"rows": self.rows, "cols": self.cols, "row_chunk": self.row_chunk, "col_chunk": self.col_chunk,
             "cells": len(self.cells)}
 
   @property
   def shard_count(self) -> int:
-    return max(1, len(self.cells))
+    return max(1, self.grouped.shard_count if self.grouped is not None else len(self.cells))
 
   def ordinal(self, side: int, source: str, index: int) -> int:
     """The record's position in its side: sources in path order, records in file order, corrupt ones out."""

@@ -12,7 +12,7 @@ import apache_beam as beam
 
 from beam_job import outputs, planning, running_modes, sampling
 from beam_job.errors import JobError
-from beam_job.flags import COLLISIONS, DEFAULTS, ON_CORRUPT, OUTPUT_COMPRESSIONS, STRATEGIES
+from beam_job.flags import COLLISIONS, DEFAULTS, MISSING_GROUP, ON_CORRUPT, OUTPUT_COMPRESSIONS, STRATEGIES
 from beam_job.stages.finalize import Finalize
 from beam_job.stages.plan import DescribePlan, Plan
 from beam_job.stages.prepare import PreparedSide, PrepareSide
@@ -42,9 +42,15 @@ class PairOptions:
   index_features: bool = DEFAULTS["index_features"]
   sample_rate: float = DEFAULTS["sample_rate"]
   seed: int = DEFAULTS["seed"]
+  group_by: Optional[str] = DEFAULTS["group_by"]
+  left_group_by: Optional[str] = DEFAULTS["left_group_by"]
+  right_group_by: Optional[str] = DEFAULTS["right_group_by"]
+  missing_group: str = DEFAULTS["missing_group"]
+  pairs_per_left: Optional[int] = DEFAULTS["pairs_per_left"]
 
   def __post_init__(self):
-    for flag, value, allowed in (("collision", self.collision, COLLISIONS),
+    for flag, value, allowed in (("collision", self.collision, COLLISIONS), ("missing_group", self.missing_group,
+                                                                             MISSING_GROUP),
                                  ("self_join", self.self_join, planning.SELF_JOINS),
                                  ("on_corrupt", self.on_corrupt, ON_CORRUPT), ("strategy", self.strategy, STRATEGIES),
                                  ("output_compression", self.output_compression, OUTPUT_COMPRESSIONS)):
@@ -71,9 +77,48 @@ class PairOptions:
     if not sampling.MIN_SEED <= self.seed <= sampling.MAX_SEED:
       raise JobError(f"--seed must be a whole number from {sampling.MIN_SEED} to {sampling.MAX_SEED} "
                      f"(64-bit signed), not {self.seed}")
+    self._check_groups()
     if not self.output:
       raise JobError("--output must name a prefix")
     object.__setattr__(self, "output", outputs.normalize(self.output))
+
+  def _check_groups(self) -> None:
+    if self.group_by is not None and (self.left_group_by is not None or self.right_group_by is not None):
+      raise JobError("--group_by names the group feature of both sides; --left_group_by and --right_group_by "
+                     "are for names that differ: give one or the other")
+    if (self.left_group_by is None) != (self.right_group_by is None):
+      given, missing = ("left", "right") if self.left_group_by is not None else ("right", "left")
+      raise JobError(f"--{given}_group_by needs --{missing}_group_by (or --group_by for one name on both sides)")
+    for flag in ("group_by", "left_group_by", "right_group_by"):
+      value = getattr(self, flag)
+      if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise JobError(f"--{flag} must name a feature, not {value!r}")
+    if self.pairs_per_left is not None:
+      if not isinstance(self.pairs_per_left, int) or isinstance(self.pairs_per_left, bool):
+        raise JobError(f"--pairs_per_left must be a whole number, not {self.pairs_per_left!r}")
+      if not 1 <= self.pairs_per_left <= planning.MAX_PAIRS:
+        raise JobError(f"--pairs_per_left must be from 1 to {planning.MAX_PAIRS:,}, not {self.pairs_per_left}")
+      if self.sample_rate < 1:
+        raise JobError("--pairs_per_left and --sample_rate both choose which pairs to keep: give one of them "
+                       "(--pairs_per_left K keeps exactly K per left record, --sample_rate each pair by chance)")
+    if self.strategy == "broadcast" and self.grouped:
+      raise JobError("--strategy broadcast does not apply with --group_by or --pairs_per_left, whose cells are "
+                     "planned per group: omit it")
+
+  @property
+  def group_names(self) -> Optional[Tuple[str, str]]:
+    """The group feature of each side (names before prefixing), None without --group_by."""
+    if self.group_by is not None:
+      return self.group_by, self.group_by
+    if self.left_group_by is not None:
+      return self.left_group_by, self.right_group_by
+    return None
+
+  @property
+  def grouped(self) -> bool:
+    """Whether the job is planned by ``grouping`` (pairs within groups, or exactly K per left record): without
+    --group_by, --pairs_per_left plans the whole product as one group."""
+    return self.group_names is not None or self.pairs_per_left is not None
 
   @property
   def prefixes(self) -> Tuple[str, str]:
@@ -98,6 +143,11 @@ class PairOptions:
             "target_shard_bytes": int(self.target_shard_mb * 1_000_000), "selects": self.selects,
             "index_names": self.index_names(), "sample_rate": self.sample_rate}
 
+  def grouped_options(self, self_join: Optional[str]) -> dict:
+    """What ``grouping.make_grouped_plan`` needs besides the counts."""
+    return {"self_join": self_join, "target_shard_bytes": int(self.target_shard_mb * 1_000_000),
+            "max_pairs": self.max_pairs, "pairs_per_left": self.pairs_per_left, "sample_rate": self.sample_rate}
+
   def summary(self, self_join: Optional[str]) -> dict:
     """The summary's ``options``: every flag of the run but the inputs' (those are the summary's ``inputs``), with
     its value or default, so that ``beam_job.verify`` can check the output from the summary alone. The prefixes
@@ -107,7 +157,9 @@ class PairOptions:
             "target_shard_mb": self.target_shard_mb, "sample_rate": self.sample_rate, "seed": self.seed,
             "left_features": list(self.left_features or []), "right_features": list(self.right_features or []),
             "index_features": self.index_features, "on_corrupt": self.on_corrupt, "max_pairs": self.max_pairs,
-            "strategy": self.strategy}
+            "strategy": self.strategy, "group_by": self.group_by or "", "left_group_by": self.left_group_by or "",
+            "right_group_by": self.right_group_by or "", "missing_group": self.missing_group,
+            "pairs_per_left": self.pairs_per_left}
 
 
 def _pair_options(output: str, options: dict) -> PairOptions:
@@ -124,6 +176,9 @@ def _prepare(options: PairOptions, inputs) -> Tuple[Tuple[PreparedSide, Prepared
   if right is not None and options.self_join != "product":
     raise JobError("--self_join applies only when --right is omitted")
   self_join = options.self_join if right is None else None
+  if right is None and options.left_group_by is not None:
+    raise JobError("--left_group_by and --right_group_by name the group feature of each of two sides; without "
+                   "--right use --group_by")
   left_side = left | "PrepareLeft" >> PrepareSide(0, options, read=True)
   if right is None and options.prefixes[0] == options.prefixes[1] and options.selects[0] == options.selects[1]:
     return (left_side, left_side), self_join

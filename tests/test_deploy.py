@@ -206,6 +206,10 @@ EXAMPLES = {
     "right_features": ["item_id,item_tag"],
     "sample_rate": ["0.1", "1", "1.0", "0.5", ".25"],
     "seed": ["0", "42", "-1"],
+    "group_by": ["query_id", "q"],
+    "left_group_by": ["query_id"],
+    "right_group_by": ["qid"],
+    "pairs_per_left": ["1", "10", "1000"],
     "sdk_container_image": [IMAGE, "gcr.io/p/beam-job@sha256:" + "0" * 64, "beam-job:latest"],
 }
 # Obviously bad values that every regex of the flag must reject (and the job's parser, where it checks).
@@ -221,6 +225,10 @@ BAD = {
     "right_features": ["", ","],
     "sample_rate": ["0", "1.5", "-0.1", "abc", ""],
     "seed": ["1.5", "abc", ""],
+    "group_by": ["", " "],
+    "left_group_by": ["", " "],
+    "right_group_by": ["", " "],
+    "pairs_per_left": ["0", "-1", "abc", "", "1.5"],
     "sdk_container_image": ["not an image", ""],
 }
 def _metadata():

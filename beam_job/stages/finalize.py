@@ -31,6 +31,9 @@ def _check_results(plan: planning.Plan, results: List[dict], read: collections.C
     if read[side] != planned + bad:
       raise RuntimeError(f"record accounting, {side} side: {read[side]} read, {planned} good + {bad} corrupt in "
                          "the plan; the runner lost or duplicated records")
+  if plan.grouped is not None:
+    _check_grouped(plan, results)
+    return
   shards = [r["shard"] for r in results]
   if shards != list(range(len(plan.cells))):
     raise RuntimeError(f"record accounting: the plan has {len(plan.cells)} cells, {len(results)} reported "
@@ -43,6 +46,27 @@ def _check_results(plan: planning.Plan, results: List[dict], read: collections.C
     if plan.sample_rate >= 1 and result["pairs"] != pairs:
       raise RuntimeError(f"record accounting: cell {(row, col)} wrote {result['pairs']} pairs, the plan has "
                          f"{pairs}")
+
+
+def _check_grouped(plan: planning.Plan, results: List[dict]) -> None:
+  """A grouped plan's cells: each reported once, each with the records of its groups' parts, and the pairs of
+  each cell whose count the plan knows (and, unsampled, the pairs of all cells: the grouped pair count)."""
+  grouped = plan.grouped
+  shards = [r["shard"] for r in results]
+  if shards != list(range(grouped.shard_count)):
+    raise RuntimeError(f"record accounting: the plan has {grouped.shard_count} cells, {len(results)} reported "
+                       f"(shards {shards[:10]}{' ...' if len(shards) > 10 else ''})")
+  for result, cell in zip(results, grouped.cells()):
+    if (result["left"], result["right"]) != cell.records:
+      raise RuntimeError(f"record accounting: cell {cell.shard} reported {result['left']} x {result['right']} "
+                         f"records, the plan routes {cell.records[0]} x {cell.records[1]}")
+    if plan.sample_rate >= 1 and cell.pairs is not None and result["pairs"] != cell.pairs:
+      raise RuntimeError(f"record accounting: cell {cell.shard} wrote {result['pairs']} pairs, the plan has "
+                         f"{cell.pairs}")
+  written = sum(r["pairs"] for r in results)
+  if plan.sample_rate >= 1 and written != grouped.pairs:
+    raise RuntimeError(f"record accounting: the cells wrote {written} pairs, the plan has {grouped.pairs} within "
+                       "groups")
 
 
 def _check_sources(plan: planning.Plan, inputs: dict) -> None:
@@ -85,15 +109,17 @@ class _FinalizeFn(beam.DoFn):
     count = plan.shard_count
     names = [outputs.shard_name(output, shard, count, options.output_compression) for shard in range(count)]
     corrupt = sorted(corrupt, key=lambda c: (c[0], c[1]))
+    missing = sum(1 for _, _, c in corrupt if c.missing_group)
     summary = {
         "run": token,
         "output": output,
         "left_records": plan.left_count,
         "right_records": plan.right_count,
         "pairs": sum(r["pairs"] for r in results),
-        "corrupt_records": len(corrupt),
-        "corrupt": [{"file": source, "record": index, "offset": c.offset, "problem": c.problem,
-                     "rest_of_file_lost": c.rest_lost} for source, index, c in corrupt],
+        "corrupt_records": len(corrupt) - missing,
+        "corrupt": [dict({"file": source, "record": index, "offset": c.offset, "problem": c.problem,
+                          "rest_of_file_lost": c.rest_lost}, **({"missing_group": True} if c.missing_group else {}))
+                    for source, index, c in corrupt],
         "shards": names,
         "bytes": sum(r["size"] for r in results),
         "record_bytes": sum(r["record_bytes"] for r in results),
@@ -106,10 +132,13 @@ class _FinalizeFn(beam.DoFn):
     }
     if self._inputs is not None:
       summary["inputs"] = self._inputs
+    if options.group_names is not None:  # records left out for want of a key, and the groups
+      summary["missing_group_records"] = missing
+      summary["groups"] = plan.grouped.summary()
     features = output_schema.output_features(
         (left_stats.features, right_stats.features), (plan.left_count, plan.right_count),
         collision=options.collision, pairs=summary["pairs"], self_join=self._self_join,
-        sampled=options.sample_rate < 1, index_names=options.index_names())
+        sampled=options.sample_rate < 1 or options.grouped, index_names=options.index_names())
     texts = {outputs.schema_path(output): output_schema.to_pbtxt(features)}
     if corrupt:  # the dead-letter list, one JSON object per line, published before the summary announces it
       texts[outputs.dead_letter_path(output)] = "".join(json.dumps(c, sort_keys=True) + "\n"

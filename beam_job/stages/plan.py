@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 
-from beam_job import describe, outputs, planning, publish
+from beam_job import describe, grouping, outputs, planning, publish
+from beam_job.errors import JobError
 
 if TYPE_CHECKING:
   from beam_job.transforms import PairOptions
@@ -25,12 +26,45 @@ def _new_token(_) -> str:
   return uuid.uuid4().hex[:12]
 
 
+def _grouped(plan: planning.Plan, left_stats: planning.SideStats, right_stats: planning.SideStats,
+             grouped: dict, by_key: bool, dry_run: bool) -> planning.Plan:
+  """The plan of --group_by / --pairs_per_left: ``planning``'s for ordinals, counts and collisions (planned
+  with no --max_pairs, which applies to the grouped pairs), with ``grouping``'s cells. Without --group_by
+  (``by_key`` false) the whole product is one group, ``grouping.WHOLE``, whose ranks are the ordinals."""
+  self_join = grouped["self_join"]
+  if not by_key:
+    counts = {grouping.WHOLE: (plan.left_count, plan.right_count)}
+  elif self_join is not None:  # paired with itself: each group's records on both sides
+    counts = {key: (count, count) for key, count in left_stats.groups.items()}
+  else:
+    counts = {key: (left_stats.groups.get(key, 0), right_stats.groups.get(key, 0))
+              for key in left_stats.groups.keys() | right_stats.groups.keys()}
+  problems = list(plan.problems)
+  try:
+    cells = grouping.make_grouped_plan(counts, plan.averages, **grouped)
+  except JobError as e:
+    if not dry_run:
+      raise
+    problems.append(str(e))
+    cells = grouping.make_grouped_plan(counts, plan.averages, **dict(grouped, max_pairs=planning.MAX_PAIRS))
+  pair_bytes = sum(plan.averages) + planning.PAIR_OVERHEAD_BYTES
+  return dataclasses.replace(plan, grouped=cells, strategy="grouped", pairs=cells.pairs,
+                             estimated_bytes=int(cells.pairs * pair_bytes), problems=tuple(problems))
+
+
 def _plan(left_stats: planning.SideStats, right_stats: planning.SideStats, options: dict,
-          run: Optional[_Run] = None, token: Optional[str] = None) -> planning.Plan:
+          run: Optional[_Run] = None, token: Optional[str] = None, grouped: Optional[dict] = None) -> planning.Plan:
   """Plans the job. In a real run (``run``) it then starts the run: takes the lease (idempotent, so a retry is
   harmless; the CLI took it already), rolls back dead runs, refuses an earlier output without --overwrite, and
-  leaves the plan's totals in the run's temporary folder for progress displays."""
-  plan = planning.make_plan(left_stats, right_stats, **options)
+  leaves the plan's totals in the run's temporary folder for progress displays. ``grouped``: the options of a
+  grouped plan (``PairOptions.grouped_options``, and ``by_key``), None for the full product."""
+  if grouped is None:
+    plan = planning.make_plan(left_stats, right_stats, **options)
+  else:
+    grouped = dict(grouped)
+    by_key = grouped.pop("by_key")
+    plan = planning.make_plan(left_stats, right_stats, **dict(options, max_pairs=planning.MAX_PAIRS, strategy="grid"))
+    plan = _grouped(plan, left_stats, right_stats, grouped, by_key, options.get("dry_run", False))
   if run is None:
     return plan
   publish.begin(run.output, token, run.overwrite)
@@ -38,6 +72,12 @@ def _plan(left_stats: planning.SideStats, right_stats: planning.SideStats, optio
   publish.write_text(f"{folder}/plan.json", json.dumps(
       {"pairs": plan.pairs, "estimated_bytes": plan.estimated_bytes, "gzip": run.gzip}), f"{folder}/plan.tmp")
   return dataclasses.replace(plan, run=token)
+
+
+def _grouped_options(options: "PairOptions", self_join: Optional[str]) -> Optional[dict]:
+  if not options.grouped:
+    return None
+  return dict(options.grouped_options(self_join), by_key=options.group_names is not None)
 
 
 class Plan(beam.PTransform):
@@ -59,7 +99,7 @@ class Plan(beam.PTransform):
                                        | "ChooseToken" >> beam.Map(_new_token))
     run = _Run(options.output, options.overwrite, options.output_compression == "gzip")
     return left_stats | "MakePlan" >> beam.Map(_plan, AsSingleton(right_stats), options.plan_options(self._self_join),
-                                               run, token)
+                                               run, token, _grouped_options(options, self._self_join))
 
 
 class DescribePlan(beam.PTransform):
@@ -74,5 +114,6 @@ class DescribePlan(beam.PTransform):
   def expand(self, stats) -> beam.PCollection[Dict[str, Any]]:
     left_stats, right_stats = stats
     options = dict(self._options.plan_options(self._self_join), dry_run=True)
-    return (left_stats | "Plan" >> beam.Map(_plan, AsSingleton(right_stats), options)
+    return (left_stats | "Plan" >> beam.Map(_plan, AsSingleton(right_stats), options, None, None,
+                                            _grouped_options(self._options, self._self_join))
             | "Describe" >> beam.Map(describe.plan_description, self._options))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Tu
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
-from beam_job import examples, output_schema, planning, sources
+from beam_job import examples, grouping, output_schema, planning, sources
 from beam_job.errors import JobError
 from beam_job.planning import SIDES
 from beam_job.stages import NAMESPACE
@@ -28,6 +28,7 @@ class _Tally:
     self.size = 0
     self.shapes: Dict[tuple, int] = {}
     self.indexes: Dict[str, planning.IndexRuns] = {}
+    self.groups = collections.Counter()  # --group_by: encoded key -> good records
 
   def add(self, source: str, index: int, prepared: Optional[examples.Prepared]) -> None:
     if prepared is None:
@@ -45,6 +46,7 @@ class _Tally:
     for source, found in other.bad.items():
       self.bad.setdefault(source, []).extend(found)
     self.size += other.size
+    self.groups.update(other.groups)
     for shape, records in other.shapes.items():
       self.shapes[shape] = self.shapes.get(shape, 0) + records
     for source, runs in other.indexes.items():
@@ -59,17 +61,25 @@ class _Tally:
                        "given to CrossProduct are not positions")
     features = output_schema.side_features(self.shapes)
     return planning.SideStats(good=dict(self.good), bad={s: tuple(sorted(i)) for s, i in self.bad.items()},
-                              payload_bytes=self.size, keys=frozenset(features), features=features)
+                              payload_bytes=self.size, keys=frozenset(features), features=features,
+                              groups=dict(self.groups))
 
 
 class _PrepareFn(beam.DoFn):
   """Parses, filters and renames each record once, into ``(source, index, payload)``; bad payloads go to the
   ``corrupt`` output. What the plan and the schema need is tallied in the same pass and leaves once per bundle
-  (``stats``), so records travel on as bytes only."""
+  (``stats``), so records travel on as bytes only.
+
+  With ``group_by`` (the side's group feature) the record's group key comes from the same parse and travels
+  with it, ``(source, index, payload, key)``, and the side's records per key are tallied; a record without one
+  fails the job or, with ``missing_group='skip'``, goes to the ``corrupt`` output marked ``missing_group``."""
 
   def __init__(self, side: int, prefix: str, on_corrupt: str, select: Optional[frozenset] = None,
-               count: bool = True):
+               count: bool = True, group_by: Optional[str] = None, missing_group: str = "fail"):
     self._side = side
+    self._group_by = group_by
+    self._missing_group = missing_group
+    self._missing = beam.metrics.Metrics.counter(NAMESPACE, "missing_group_records")
     self._prefix = prefix
     self._select = select
     self._on_corrupt = on_corrupt
@@ -88,8 +98,25 @@ class _PrepareFn(beam.DoFn):
   def process(self, element: Record):
     source, index, payload = element
     if not isinstance(payload, Corrupt):
+      key = None
       try:
-        prepared = examples.prepare(payload, self._prefix, self._select, self._tally.shapes)
+        if self._group_by is None:
+          prepared = examples.prepare(payload, self._prefix, self._select, self._tally.shapes)
+        else:
+          prepared, key = examples.prepare_keyed(payload, self._group_by, self._prefix, self._select,
+                                                 self._tally.shapes)
+      except grouping.MissingKey as e:
+        where = f"{SIDES[self._side]} input {source} record {index}"
+        if self._missing_group == "fail":
+          self._finder.close()
+          raise JobError(f"{where}: {e}; --missing_group skip leaves such records out") from None
+        offset, _ = self._finder.find(source, index, payload) or (-1, "uncompressed")
+        payload = Corrupt(offset, str(e), missing_group=True)
+        self._tally.add(source, index, None)
+        if self._count:
+          self._missing.inc()
+        yield beam.pvalue.TaggedOutput("corrupt", (source, index, payload))
+        return
       except ValueError as e:
         offset, kind = self._finder.find(source, index, payload) or (-1, "uncompressed")
         payload = Corrupt(offset, str(e))
@@ -98,9 +125,11 @@ class _PrepareFn(beam.DoFn):
           raise JobError(sources.corrupt_input(source, index, offset, str(e), kind=kind)) from None
       else:
         self._tally.add(source, index, prepared)
+        if key is not None:
+          self._tally.groups[key] += 1
         if self._count:
           self._records.inc()
-        yield source, index, prepared.payload
+        yield (source, index, prepared.payload) if key is None else (source, index, prepared.payload, key)
         return
     self._tally.add(source, index, None)
     if self._count:
@@ -148,7 +177,7 @@ class _SideStatsFn(beam.CombineFn):
 
 class PreparedSide(NamedTuple):
   """What ``PrepareSide`` makes of one side's records."""
-  records: beam.PCollection  # of (source, index, prepared payload): Tuple[str, int, bytes]
+  records: beam.PCollection  # of (source, index, prepared payload): Tuple[str, int, bytes] (and key, grouped)
   corrupt: beam.PCollection  # of (source, index, Corrupt), for the dead-letter list
   stats: beam.PCollection  # the side's planning.SideStats, a singleton
   read: Optional[beam.PCollection]  # of (side name, records read) per bundle; None unless the side is read here
@@ -166,9 +195,12 @@ class PrepareSide(beam.PTransform):
 
   def expand(self, records: beam.PCollection[Record]):  # -> PreparedSide (Beam reads only PCollection hints)
     side, options = self._side, self._options
+    group_by = options.group_names[side] if options.group_names else None
     prepared = records | "Parse" >> beam.ParDo(_PrepareFn(
-        side, options.prefixes[side], options.on_corrupt, options.selects[side], self._read)).with_output_types(
-            Tuple[str, int, bytes]).with_outputs("corrupt", "stats", main="records")
+        side, options.prefixes[side], options.on_corrupt, options.selects[side], self._read, group_by,
+        options.missing_group)).with_output_types(
+            Tuple[str, int, bytes] if group_by is None else Tuple[str, int, bytes, bytes]).with_outputs(
+                "corrupt", "stats", main="records")
     stats = prepared.stats | "Stats" >> beam.CombineGlobally(_SideStatsFn())
     read = records | "CountRead" >> beam.ParDo(_CountFn(SIDES[side])) if self._read else None
     return PreparedSide(prepared.records, prepared.corrupt, stats, read)

@@ -19,6 +19,7 @@ class Corrupt(NamedTuple):
   offset: int
   problem: str
   rest_lost: bool = False
+  missing_group: bool = False  # a good Example left out under --missing_group skip: it has no group key
 
 
 # A record as read: ``(source, index, payload)``, the payload a ``Corrupt`` when the frame could not be read.
@@ -41,7 +42,8 @@ class _ReadFileFn(beam.DoFn):
         yield path, record.index, record.payload
         continue
       corrupt = Corrupt(record.offset, record.problem, record.rest_lost)
-      where = (path, record.index, *corrupt, sources.detect_compression(path, self._compression))
+      where = (path, record.index, record.offset, record.problem, record.rest_lost,
+               sources.detect_compression(path, self._compression))
       if self._on_corrupt == "fail":
         raise JobError(sources.corrupt_input(*where))
       _LOG.warning("skipping corrupt input %s", sources.describe_record(*where))

@@ -8,7 +8,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsIter, AsSingleton
 from apache_beam.utils import shared
 
-from beam_job import cells, examples, lease, outputs, planning, sinks
+from beam_job import cells, examples, grouping, lease, outputs, planning, sampling, sinks
 from beam_job.planning import SIDES
 from beam_job.stages import NAMESPACE
 
@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 # deterministic coders (VarInt, Bytes) instead of pickled tuples.
 Routed = Tuple[int, Tuple[int, bytes]]
 Prepared = Tuple[str, int, bytes]  # a prepared record: (source, index, payload)
+# Grouped (--group_by, --pairs_per_left): ``(shard, (key, ordinal * 2 + side, payload))``, the encoded group key
+# too, since a shard may hold many groups; and ``((key, ordinal // RANK_BLOCK), (ordinal, payload))`` on the way
+# to a rank, for the records of groups cut along their side.
+GroupRouted = Tuple[int, Tuple[bytes, int, bytes]]
+ToRank = Tuple[Tuple[bytes, int], Tuple[int, bytes]]
 
 
 def _ordinal(plan: planning.Plan, side: int, source: str, index: int) -> int:
@@ -128,6 +133,152 @@ class _WriteCellFn(beam.DoFn):
            "left": len(left), "right": len(right)}
 
 
+# --- grouped: --group_by and --pairs_per_left --------------------------------------------------------------
+
+
+def _key(element) -> bytes:
+  """A grouped record's key: its group's, or the one group of --pairs_per_left without --group_by."""
+  return element[3] if len(element) == 4 else grouping.WHOLE
+
+
+def _to_group_cells(element, side: int, plan: planning.Plan, index_name: Optional[str]) -> Iterator[GroupRouted]:
+  """Sends a record to the cells of its group's row (left) or column (right): the group's one cell when it is
+  packed, else by its rank, which is its ordinal without --group_by. A record whose group is cut along its side
+  goes through ``_to_rank`` first; a record of a group without pairs goes nowhere."""
+  grouped, key = plan.grouped, _key(element)
+  if grouped.index(key) is None or (key != grouping.WHOLE and grouped.needs_rank(side, key)):
+    return
+  ordinal, payload = _indexed(element[:3], side, plan, index_name)
+  value = (key, ordinal * 2 + side, payload)
+  for shard in grouped.shards(side, key, ordinal if key == grouping.WHOLE else 0):
+    yield shard, value
+
+
+def _to_rank(element, side: int, plan: planning.Plan, index_name: Optional[str]) -> Iterator[ToRank]:
+  key = _key(element)
+  if key == grouping.WHOLE or not plan.grouped.needs_rank(side, key):
+    return
+  ordinal, payload = _indexed(element[:3], side, plan, index_name)
+  yield (key, ordinal // grouping.RANK_BLOCK), (ordinal, payload)
+
+
+def _ranked(element: Tuple[Tuple[bytes, int], Iterable[Tuple[int, bytes]]], side: int, plan: planning.Plan,
+            bases: Dict[Tuple[bytes, int], int]) -> Iterator[GroupRouted]:
+  """The records of one block of a cut group (at most ``RANK_BLOCK``), ranked: the block's base plus their
+  position by ordinal (records keep the side's order within a group), then sent as ``_to_group_cells``."""
+  (key, block), members = element
+  base = bases[(key, block)]
+  for position, (ordinal, payload) in enumerate(sorted(members, key=lambda member: member[0])):
+    value = (key, ordinal * 2 + side, payload)
+    for shard in plan.grouped.shards(side, key, base + position):
+      yield shard, value
+
+
+class _RouteGroups(beam.PTransform):
+  """One side's records to their cells (``GroupRouted``), ranking those of groups cut along the side: their
+  (key, block) counts give each block's first rank (``grouping.rank_bases``), a small side input."""
+
+  def __init__(self, side: int, plan: beam.PCollection, index_name: Optional[str]):
+    super().__init__()
+    self._side, self._plan, self._index_name = side, plan, index_name
+
+  def expand(self, records):
+    side, plan = self._side, AsSingleton(self._plan)
+    direct = records | "Direct" >> beam.FlatMap(_to_group_cells, side, plan, self._index_name).with_output_types(
+        GroupRouted)
+    to_rank = records | "ToRank" >> beam.FlatMap(_to_rank, side, plan, self._index_name).with_output_types(ToRank)
+    bases = (to_rank | "Blocks" >> beam.Keys().with_output_types(Tuple[bytes, int])
+             | "CountBlocks" >> beam.combiners.Count.PerElement()
+             | "BlockTable" >> beam.combiners.ToDict()
+             | "Bases" >> beam.Map(grouping.rank_bases))
+    ranked = (to_rank | "GroupBlocks" >> beam.GroupByKey()
+              | "Rank" >> beam.FlatMap(_ranked, side, plan, AsSingleton(bases)).with_output_types(GroupRouted))
+    return (direct, ranked) | "Routed" >> beam.Flatten()
+
+
+def _check_group(where: str, side: str, ordinals: List[int], expected: range) -> None:
+  if len(ordinals) == len(expected) and len(set(ordinals)) == len(ordinals):
+    return
+  raise RuntimeError(f"record accounting: {where} received {len(ordinals)} {side} record(s) (distinct "
+                     f"{len(set(ordinals))}), the plan routes {len(expected)} to it (ranks {expected.start}.."
+                     f"{expected.stop - 1}); the runner lost or duplicated records between routing and the cell")
+
+
+def write_member(grouped: grouping.GroupedPlan, member: grouping.Member, left: List[Tuple[int, examples.Prepared]],
+                 right: List[Tuple[int, examples.Prepared]], out, options: "PairOptions", self_join: Optional[str],
+                 collisions: Tuple[str, ...]) -> Tuple[int, int]:
+  """Writes one group's part of a cell (``left`` and ``right``: its records as ``(ordinal, Prepared)`` sorted by
+  ordinal, the ranks of ``member``); returns (pairs, bytes). Records are named by rank within the group (so that
+  a self-join's step compares ranks); a draw (--pairs_per_left) or a sample is seeded by the left record's
+  ordinal, so the pairs do not depend on the cells. ``beam_job.verify`` writes the same to compare."""
+  ordinals = [ordinal for ordinal, _ in left]
+  left = [(member.left.start + i, record) for i, (_, record) in enumerate(left)]
+  right = [(member.right.start + j, record) for j, (_, record) in enumerate(right)]
+  merge = {"self_join": self_join, "collision": options.collision, "collisions": collisions}
+  k, seed, start, stop = options.pairs_per_left, options.seed, member.right.start, member.right.stop
+  if k is not None:
+    count = grouped.rights[grouped.index(member.key)]
+
+    def columns(i):
+      rank = member.left.start + i
+      first = grouping.first_candidate(rank, self_join)
+      return [first + p - start for p in sampling.pick_in(
+          seed, ordinals[i], k, grouping.eligible(rank, count, self_join), start - first, stop - first)]
+  elif options.sample_rate < 1:
+    step = planning.MIN_STEP.get(self_join)
+
+    def columns(i):
+      begin = start if step is None else max(start, member.left.start + i + step)
+      return [rank - start for rank in sampling.kept_columns(seed, options.sample_rate, ordinals[i], begin, stop)]
+  else:
+    return cells.write_cell(left, right, out, **merge)
+  return cells.write_reference(left, right, out, columns=columns, **merge)
+
+
+class _WriteGroupCellFn(beam.DoFn):
+  """Writes one cell of a grouped plan: its groups in key order, each group's part as a cell of its own
+  (left rank, then right rank), all to one temporary shard."""
+
+  def __init__(self, options: "PairOptions", self_join: Optional[str]):
+    self._options = options
+    self._self_join = self_join
+    self._renewed = 0.0
+    self._pairs = beam.metrics.Metrics.counter(NAMESPACE, "pairs_written")
+    self._bytes = beam.metrics.Metrics.counter(NAMESPACE, "bytes_written")
+
+  def process(self, element: Tuple[int, Iterable[Tuple[bytes, int, bytes]]],
+              plan: planning.Plan) -> Iterable[Dict[str, Any]]:
+    shard, values = element
+    options, token, grouped = self._options, plan.run, plan.grouped
+    if time.time() - self._renewed > lease.RENEW_SECONDS:
+      lease.renew(options.output, token)
+      self._renewed = time.time()
+    cell = grouped.cell(shard)
+    by_key = {member.key: ([], []) for member in cell.members}
+    for key, code, payload in values:
+      if key not in by_key:
+        raise RuntimeError(f"record accounting: cell {shard} received a record of group "
+                           f"{grouping.display_key(key) if key else '(all)'}, which the plan puts elsewhere")
+      by_key[key][code & 1].append((code >> 1, payload))
+    with_keys = options.collision in ("left", "right") and bool(plan.collisions)
+    path = sinks.attempt_path(outputs.temp_dir(options.output, token), shard, plan.shard_count)
+    pairs = size = 0
+    with sinks.open_shard(path, options.output_compression) as out:
+      for member in cell.members:
+        left, right = (_records(records, with_keys) for records in by_key[member.key])
+        where = f"cell {shard} (group {grouping.display_key(member.key) if member.key else '(all)'})"
+        _check_group(where, "left", [o for o, _ in left], member.left)
+        _check_group(where, "right", [o for o, _ in right], member.right)
+        written = write_member(grouped, member, left, right, out, options, self._self_join, plan.collisions)
+        pairs += written[0]
+        size += written[1]
+    self._pairs.inc(pairs)
+    self._bytes.inc(size)
+    records = cell.records
+    yield {"shard": shard, "temp": path, "size": out.count, "pairs": pairs, "record_bytes": size,
+           "left": records[0], "right": records[1]}
+
+
 class WriteCells(beam.PTransform):
   """Applied to ``(left, right)`` prepared records: writes every cell of ``plan`` (the ``Plan`` singleton) to a
   temporary shard and outputs one result per cell (shard, temporary name, size, pairs, records per side).
@@ -141,6 +292,12 @@ class WriteCells(beam.PTransform):
 
   def expand(self, records) -> beam.PCollection[Dict[str, Any]]:
     plan, index_names = self._plan, self._options.index_names()
+    if self._options.grouped:
+      routed = [side | f"To{SIDES[i].title()}GroupCells" >> _RouteGroups(i, plan, index_names[i])
+                for i, side in enumerate(records)]
+      return (routed | "FlattenCells" >> beam.Flatten()
+              | "GroupCells" >> beam.GroupByKey()
+              | "WriteCell" >> beam.ParDo(_WriteGroupCellFn(self._options, self._self_join), AsSingleton(plan)))
     routed = [side | f"To{SIDES[i].title()}Cells" >> beam.FlatMap(
         _to_cells, i, AsSingleton(plan), index_names[i]).with_output_types(Routed) for i, side in enumerate(records)]
     broadcast = records[1] | "Broadcast" >> beam.FlatMap(
