@@ -84,19 +84,19 @@ def _selects_airflow_tests(args) -> bool:
 def pytest_sessionstart(session):
   """When the Airflow tests will run and their virtualenv is missing or out of date, starts installing it now
   (pip, a minute or more on a fresh clone), once, in the main process (not in pytest-xdist's workers), so that
-  it overlaps the other tests instead of adding to them; the tests' own ``_ensure_airflow_venv`` waits on the
+  it overlaps the other tests instead of adding to them; the tests' own ``airflow_venv.ensure`` waits on the
   same lock."""
   global _airflow_install  # pylint: disable=global-statement
   config = session.config
   if hasattr(config, "workerinput") or not _selects_airflow_tests(config.args):
     return
-  from tests import test_airflow  # pylint: disable=import-outside-toplevel
-  if test_airflow.airflow_venv_ready():
+  from tests import airflow_venv  # pylint: disable=import-outside-toplevel  # (no TensorFlow: fast)
+  if airflow_venv.ready():
     return
   log = os.path.join(_ROOT, ".venv-airflow.log")
   with open(log, "w", encoding="utf-8") as out:
     _airflow_install = subprocess.Popen(
-        [sys.executable, "-c", "from tests import test_airflow; test_airflow._ensure_airflow_venv()"],
+        [sys.executable, "-c", "from tests import airflow_venv; airflow_venv.ensure()"],
         cwd=_ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
   reporter = config.pluginmanager.get_plugin("terminalreporter")
   if reporter is not None:

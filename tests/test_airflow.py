@@ -14,94 +14,32 @@ minutes. Airflow runs with ``AIRFLOW_HOME`` in a temporary folder and a SQLite d
   accept and the job's parser takes, the template and image from Airflow Variables.
 """
 
-import fcntl
 import glob
-import hashlib
 import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 from beam_job import cli, demo_data
+from tests import airflow_venv
 from tests.helpers import parse, read_tfrecords
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAGS = os.path.join(ROOT, "templates", "dags")
 METADATA = os.path.join(ROOT, "templates", "metadata.json")
-VENV = os.environ.get("BEAM_JOB_AIRFLOW_VENV") or os.path.join(ROOT, ".venv-airflow")
-REQUIREMENTS = ["apache-airflow==3.3.2", "apache-airflow-providers-apache-beam==6.3.1",
-                "apache-airflow-providers-google==22.8.0"]
-CONSTRAINTS = os.path.join(ROOT, "tests", "airflow-constraints.txt")
-_INSTALL_TIMEOUT = 1500
-_RUN_TIMEOUT = 600
-
-
-def _clean_env() -> dict:
-  """This process's environment without anything that would point Airflow or Python elsewhere."""
-  return {k: v for k, v in os.environ.items()
-          if not k.startswith("AIRFLOW") and k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-
-
-def _run(cmd, timeout, env=None, check=True):
-  result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or _clean_env(),
-                          stdin=subprocess.DEVNULL)
-  if check and result.returncode != 0:
-    raise AssertionError(f"{' '.join(map(str, cmd))} exited {result.returncode}\n"
-                         f"--- stdout\n{result.stdout[-8000:]}\n--- stderr\n{result.stderr[-8000:]}")
-  return result
-
-
-def _install_key() -> str:
-  with open(CONSTRAINTS, "rb") as f:
-    constraints = f.read()
-  return hashlib.sha256(repr((REQUIREMENTS, sys.version_info[:2])).encode() + constraints).hexdigest()
-
-
-def airflow_venv_ready() -> bool:
-  """Whether the Airflow virtualenv exists and was installed from today's requirements and constraints."""
-  marker = os.path.join(VENV, ".installed")
-  if not (os.path.exists(os.path.join(VENV, "bin", "python")) and os.path.exists(marker)):
-    return False
-  with open(marker, encoding="utf-8") as f:
-    return f.read().strip() == _install_key()
-
-
-def _ensure_airflow_venv() -> str:
-  """The python of the Airflow virtualenv, created or rebuilt when missing or out of date."""
-  python = os.path.join(VENV, "bin", "python")
-  marker = os.path.join(VENV, ".installed")
-  key = _install_key()
-  lock_path = os.path.join(tempfile.gettempdir(), "beam-job-airflow-venv-" +
-                           hashlib.sha256(VENV.encode()).hexdigest()[:12] + ".lock")
-  with open(lock_path, "w", encoding="utf-8") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # two test sessions at once: one installs, the other waits
-    if airflow_venv_ready():
-      return python
-    shutil.rmtree(VENV, ignore_errors=True)
-    _run([sys.executable, "-m", "venv", VENV], timeout=300)
-    pip = [python, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    _run(pip + ["install", "-q", "--upgrade", "pip"], timeout=300)
-    install = pip + ["install", "-q", "--retries", "10", "--timeout", "60", "-c", CONSTRAINTS, *REQUIREMENTS]
-    try:
-      _run(install, timeout=_INSTALL_TIMEOUT)
-    except (AssertionError, subprocess.TimeoutExpired):  # a dropped download: once more, pip's cache keeps the rest
-      _run(install, timeout=_INSTALL_TIMEOUT)
-    _run(pip + ["check"], timeout=300)
-    with open(marker, "w", encoding="utf-8") as f:
-      f.write(key + "\n")
-    return python
+VENV = airflow_venv.VENV
+_RUN_TIMEOUT = airflow_venv.RUN_TIMEOUT
+_run, _clean_env = airflow_venv.run, airflow_venv.clean_env
 
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
   """(python of the Airflow venv, environment for Airflow commands) with a migrated SQLite database."""
-  python = _ensure_airflow_venv()
+  python = airflow_venv.ensure()
   home = tmp_path_factory.mktemp("airflow_home")
   env = _clean_env()
   env.update({
