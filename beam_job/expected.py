@@ -14,7 +14,15 @@ states the output as README documents it, plainly and slowly:
 - the cells are those of the summary's grid (``rows`` x ``cols`` chunks of ``row_chunk`` left and
   ``col_chunk`` right ordinals), row-major, leaving out those where the self-join keeps no pair; inside a
   cell, pairs by left ordinal then right ordinal, ``--self_join`` with itertools' meaning (``combinations``
-  keeps right > left, ``combinations_with_replacement`` right >= left), then ``--sample_rate``'s draw.
+  keeps right > left, ``combinations_with_replacement`` right >= left), then ``--sample_rate``'s draw;
+- with ``--group_by`` / ``--left_group_by`` / ``--right_group_by`` (``GroupedExpected``), a record's key is the one
+  int64 or bytes value of its group feature (read before selection; a record without one is left out, as
+  ``--missing_group skip`` does, and has no ordinal); groups go in key order (int64 numerically, then bytes in
+  byte order) and each pairs its left records with its right ones by rank within the group (ordinal order),
+  the self-join's rule on ranks, ``--sample_rate``'s draw seeded by the left ordinal over right ranks; with
+  ``--pairs_per_left K`` each left record keeps the positions Floyd's algorithm draws among its candidates
+  (without groups: one group of every record). The summary does not say where a heavy group was cut, so the
+  grouped output is defined as one sequence, not per shard: each group's pairs as a multiset, in that order.
 
 Records are compared as feature maps, ``{name: (kind, values)}``: the merge serializes in another order
 than the job, so bytes cannot be compared.
@@ -110,11 +118,27 @@ def repeated_name(payload: bytes, distinct: int) -> Optional[str]:
   return None
 
 
+GroupKey = Tuple[int, object]  # (0, an int64) or (1, bytes): tuples sort as README orders the groups
+
+
+def group_key(payload: bytes, name: str) -> Optional[GroupKey]:
+  """The record's group key: the one int64 or bytes value of its feature ``name``; None without one."""
+  features = Example.FromString(payload).features.feature
+  if name not in features:
+    return None
+  feature = features[name]
+  kind = feature.WhichOneof("kind")
+  if kind not in ("int64_list", "bytes_list") or len(getattr(feature, kind).value) != 1:
+    return None
+  return (0 if kind == "int64_list" else 1, getattr(feature, kind).value[0])
+
+
 @dataclasses.dataclass
 class Side:
   """The good records of one input side, by ordinal, and where each came from (for messages)."""
   payloads: List[bytes]
   files: List[Tuple[str, int, List[int]]]  # (path, first ordinal, indexes of its records left out)
+  keys: Optional[List[GroupKey]] = None  # per ordinal, when read with a group feature
 
   def where(self, ordinal: int) -> str:
     k = bisect.bisect_right([first for _, first, _ in self.files], ordinal) - 1
@@ -126,18 +150,22 @@ class Side:
     return f"{path} record {index}"
 
 
-def read_side(files: Iterable[str], compression: str) -> Side:
-  """The side's good records: files in path order, records in file order, corrupt ones left out."""
-  payloads, placed = [], []
+def read_side(files: Iterable[str], compression: str, group_by: Optional[str] = None) -> Side:
+  """The side's good records: files in path order, records in file order, corrupt ones left out, and with
+  ``group_by`` those without a key too."""
+  payloads, placed, keys = [], [], []
   for path in sorted(files):
     bad = []
     placed.append((path, len(payloads), bad))
     for record in sources.read_file(path, compression):
-      if record.payload is not None and parse(record.payload) is not None:
+      key = None
+      if record.payload is not None and parse(record.payload) is not None and (
+          group_by is None or (key := group_key(record.payload, group_by)) is not None):
         payloads.append(record.payload)
+        keys.append(key)
       else:
         bad.append(record.index)
-  return Side(payloads, placed)
+  return Side(payloads, placed, None if group_by is None else keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +178,8 @@ class Options:
   self_join: Optional[str] = None  # None with two inputs
   sample_rate: float = 1.0
   seed: int = 0
+  group_names: Optional[Tuple[str, str]] = None  # each side's group feature
+  pairs_per_left: Optional[int] = None
 
   @classmethod
   def from_flags(cls, flags: dict, self_join: Optional[str]) -> "Options":
@@ -161,7 +191,15 @@ class Options:
                selects=tuple(None if not names else frozenset(names)
                              for names in (flags["left_features"], flags["right_features"])),
                index_features=bool(flags["index_features"]), self_join=self_join,
-               sample_rate=float(flags["sample_rate"]), seed=int(flags["seed"]))
+               sample_rate=float(flags["sample_rate"]), seed=int(flags["seed"]),
+               group_names=((flags["group_by"],) * 2 if flags.get("group_by") is not None else
+                            (flags["left_group_by"], flags["right_group_by"])
+                            if flags.get("left_group_by") is not None else None),
+               pairs_per_left=None if flags.get("pairs_per_left") is None else int(flags["pairs_per_left"]))
+
+  @property
+  def grouped(self) -> bool:
+    return self.group_names is not None or self.pairs_per_left is not None
 
   @property
   def index_names(self) -> Tuple[str, str]:
@@ -182,22 +220,62 @@ SAMPLE_BLOCK = 1 << 16
 _64 = (1 << 64) - 1
 
 
-def _block_kept(seed: int, rate: float, left: int, block: int) -> Iterator[int]:
-  """The kept right ordinals of one block for one left ordinal: splitmix64 seeded with the 8-byte blake2b of
-  (seed, left, block) as three little-endian int64s draws uniforms u in (0, 1); each kept ordinal lies
-  1 + floor(log(u) / log(1 - rate)) after the previous one, starting just before the block."""
-  state = int.from_bytes(hashlib.blake2b(struct.pack("<qqq", seed, left, block), digest_size=8).digest(), "little")
-  right, end = block * SAMPLE_BLOCK - 1, (block + 1) * SAMPLE_BLOCK
+def _splitmix64(state: int) -> Iterator[int]:
   while True:
     state = (state + 0x9E3779B97F4A7C15) & _64
     z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _64
-    z ^= z >> 31
+    yield z ^ (z >> 31)
+
+
+def _block_kept(seed: int, rate: float, left: int, block: int) -> Iterator[int]:
+  """The kept right ordinals (ranks, within a group) of one block for one left ordinal: splitmix64 seeded with
+  the 8-byte blake2b of (seed, left, block) as three little-endian int64s draws uniforms u in (0, 1); each kept
+  one lies 1 + floor(log(u) / log(1 - rate)) after the previous one, starting just before the block."""
+  state = int.from_bytes(hashlib.blake2b(struct.pack("<qqq", seed, left, block), digest_size=8).digest(), "little")
+  right, end = block * SAMPLE_BLOCK - 1, (block + 1) * SAMPLE_BLOCK
+  for z in _splitmix64(state):
     u = ((z >> 11) + 0.5) / 2 ** 53
     right += 1 + int(math.log(u) / math.log1p(-rate))
     if right >= end:
       return
     yield right
+
+
+def sampled(seed: int, rate: float, left: int, columns: range) -> Iterator[int]:
+  """The right ordinals (or ranks) of ``columns`` that ``--sample_rate`` keeps for left ordinal ``left``."""
+  if rate >= 1:
+    yield from columns
+  elif rate > 0 and columns:
+    for block in range(columns.start // SAMPLE_BLOCK, (columns.stop - 1) // SAMPLE_BLOCK + 1):
+      for right in _block_kept(seed, rate, left, block):
+        if right >= columns.stop:
+          return
+        if right >= columns.start:
+          yield right
+
+
+# --- --pairs_per_left K: Floyd's algorithm from a hash of (seed, left ordinal) ------------------------------
+
+
+def floyd(seed: int, left: int, k: int, eligible: int) -> List[int]:
+  """The candidate positions of ``[0, eligible)`` kept for left ordinal ``left``, ascending: all when
+  ``k >= eligible``; else splitmix64 seeded with the 8-byte blake2b (personalised ``pairs_per_left``) of
+  (seed, left) as two little-endian int64s, and for j = eligible - k .. eligible - 1 a uniform t in [0, j]
+  (words at or above the last whole multiple of j + 1 drawn again), keeping t, or j when t is kept already."""
+  if k >= eligible:
+    return list(range(max(0, eligible)))
+  digest = hashlib.blake2b(struct.pack("<qq", seed, left), digest_size=8, person=b"pairs_per_left").digest()
+  words, kept = _splitmix64(int.from_bytes(digest, "little")), set()
+  for j in range(eligible - k, eligible):
+    bound = j + 1
+    limit = (1 << 64) - (1 << 64) % bound
+    word = next(words)
+    while word >= limit:
+      word = next(words)
+    t = word % bound
+    kept.add(j if t in kept else t)
+  return sorted(kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,16 +320,7 @@ class Expected:
 
   def kept(self, cell: Cell, left: int) -> Iterator[int]:
     """The right ordinals paired with ``left`` in the cell, in order: the self-join's, then the sample's."""
-    columns, rate = self._columns(cell, left), self.options.sample_rate
-    if rate >= 1:
-      yield from columns
-    elif rate > 0 and columns:
-      for block in range(columns.start // SAMPLE_BLOCK, (columns.stop - 1) // SAMPLE_BLOCK + 1):
-        for right in _block_kept(self.options.seed, rate, left, block):
-          if right >= columns.stop:
-            return
-          if right >= columns.start:
-            yield right
+    return sampled(self.options.seed, self.options.sample_rate, left, self._columns(cell, left))
 
   def _row_counts(self, cell: Cell) -> List[int]:
     """Pairs per left ordinal of the cell (of the last cell asked: ``count`` then ``pairs_at`` draw once)."""
@@ -338,3 +407,82 @@ class Expected:
       if have[name] != should[name]:
         return f"feature {name!r} is {show(have[name])}, expected {show(should[name])}"
     return None  # equal as maps: a NaN differs from itself in a message, not in a map (bits)
+
+
+# --- --group_by / --pairs_per_left: groups in key order, each one's pairs ------------------------------------
+
+Form = Tuple[Tuple[str, Tuple[Optional[str], tuple]], ...]  # a record as its sorted feature map
+
+
+def form(example: Example) -> Form:
+  return tuple(sorted(feature_map(example).items()))
+
+
+def record_form(payload: bytes) -> Tuple[Optional[str], Optional[Form]]:
+  """An output record's form, or what is wrong with it (not an Example, a name held twice)."""
+  got = parse(payload)
+  if got is None:
+    return "is not a tf.train.Example", None
+  twice = repeated_name(payload, len(got.features.feature))
+  if twice is not None:
+    return f"holds feature {twice!r} twice", None
+  return None, form(got)
+
+
+def show_key(key: Optional[GroupKey]) -> str:
+  if key is None:
+    return "the one group of every record"
+  kind, value = key
+  return f"group {value}" if kind == 0 else f"group {value.decode('utf-8', 'backslashreplace')!r}"
+
+
+class GroupedExpected(Expected):
+  """The expected output of a run with ``--group_by`` (or ``--left/right_group_by``) or ``--pairs_per_left``:
+  ``keys`` the groups with pairs in key order, ``group_pairs`` each one's pairs (left then right ordinal)."""
+
+  def __init__(self, left: Side, right: Optional[Side], options: Options):
+    super().__init__(left, right, options)
+    self._members: Tuple[Dict[Optional[GroupKey], List[int]], ...] = ({}, {})
+    for side, members in zip(self.sides, self._members):
+      keys = side.keys if options.group_names is not None else [None] * len(side.payloads)
+      for ordinal, key in enumerate(keys):
+        members.setdefault(key, []).append(ordinal)
+    self.keys = [key for key in sorted(set(self._members[0]) & set(self._members[1]))
+                 if self.group_count(key)]
+
+  def _right_ranks(self, key: Optional[GroupKey], rank: int, ordinal: int) -> Sequence[int]:
+    """The ranks of the right records of the group paired with the left record of this rank and ordinal."""
+    right, step = len(self._members[1][key]), self.options.min_step
+    first = 0 if step is None else rank + step
+    if self.options.pairs_per_left is not None:
+      return [first + p for p in floyd(self.options.seed, ordinal, self.options.pairs_per_left, right - first)]
+    if self.options.sample_rate >= 1:
+      return range(first, right)
+    return list(sampled(self.options.seed, self.options.sample_rate, ordinal, range(first, right)))
+
+  def group_count(self, key: Optional[GroupKey]) -> int:
+    right, step, k = len(self._members[1][key]), self.options.min_step, self.options.pairs_per_left
+    if k is None and self.options.sample_rate < 1:
+      return sum(len(self._right_ranks(key, rank, ordinal)) for rank, ordinal in enumerate(self._members[0][key]))
+    total = 0
+    for rank in range(len(self._members[0][key])):
+      eligible = max(0, right - (0 if step is None else rank + step))
+      total += eligible if k is None else min(k, eligible)
+    return total
+
+  def group_pairs(self, key: Optional[GroupKey]) -> Iterator[Pair]:
+    rights = self._members[1][key]
+    for rank, ordinal in enumerate(self._members[0][key]):
+      for j in self._right_ranks(key, rank, ordinal):
+        yield ordinal, rights[j]
+
+  def group_forms(self, key: Optional[GroupKey]) -> List[Tuple[Pair, Form]]:
+    return [(pair, form(self.example(pair))) for pair in self.group_pairs(key)]
+
+  def is_pair(self, key: Optional[GroupKey], pair: Pair) -> bool:
+    """Whether the group pairs these left and right ordinals (without listing its pairs: a large group's)."""
+    lefts, rights = self._members[0][key], self._members[1][key]
+    i, j = bisect.bisect_left(lefts, pair[0]), bisect.bisect_left(rights, pair[1])
+    if i == len(lefts) or lefts[i] != pair[0] or j == len(rights) or rights[j] != pair[1]:
+      return False
+    return j in self._right_ranks(key, i, pair[0])

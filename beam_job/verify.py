@@ -18,11 +18,15 @@ Memory: both inputs (as read and prepared) and a block or two; nothing that grow
 
 The byte comparison shares ``examples``, ``planning`` and ``cells`` with the job, so records are also checked
 against ``beam_job.expected``, which shares only the file reader: every record up to ``--semantic_check_max``
-pairs, else the first, the last and ``--semantic_samples`` more of each shard (``_Picking``)."""
+pairs, else the first, the last and ``--semantic_samples`` more of each shard (``_Picking``); a grouped or K per
+left output as one sequence of groups (``_GroupChecking``)."""
 
 import argparse
+import bisect
+import collections
 import contextlib
 import gzip
+import itertools
 import json
 import random
 import struct
@@ -275,6 +279,176 @@ def _wanted(independent: expected.Expected, cell: expected.Cell, pairs: int, eve
   return iter(independent.pairs_at(cell, [k for k in positions if 0 <= k < pairs]))
 
 
+def _independent_grouped(left_files: List[str], right_files: Optional[List[str]], settings: dict,
+                         self_join: Optional[str], summary: dict) -> expected.GroupedExpected:
+  """The expected grouped (or K per left) output by ``beam_job.expected`` alone, its counts checked against the
+  summary's."""
+  options = expected.Options.from_flags(settings, self_join)
+  names = options.group_names or (None, None)
+  left = expected.read_side(left_files, settings["compression"], names[0])
+  right = None if right_files is None else expected.read_side(right_files, settings["compression"], names[1])
+  independent = expected.GroupedExpected(left, right, options)
+  for side, field in zip(independent.sides, ("left_records", "right_records")):
+    if len(side.payloads) != summary.get(field):
+      raise VerifyError(f"the summary says {field} {json.dumps(summary.get(field))}, the inputs read "
+                        f"independently of the job's code hold {len(side.payloads):,} good records")
+  if options.group_names is not None:
+    groups = summary.get("groups") if isinstance(summary.get("groups"), dict) else {}
+    if groups.get("groups_with_pairs") != len(independent.keys):
+      raise VerifyError(f"the summary says groups_with_pairs {json.dumps(groups.get('groups_with_pairs'))}, the "
+                        f"inputs read independently of the job's code have {len(independent.keys):,}")
+  return independent
+
+
+def _shown(value) -> str:
+  return "absent" if value is None else expected.show(value)
+
+
+class _GroupChecking:
+  """Checks a grouped output against ``beam_job.expected``: the shards in order are one sequence, each group's
+  pairs in key order (the summary does not say where a heavy group was cut, so shards are not placed one by one).
+
+  Each checked group's records must be its expected pairs as a multiset (a record routed to another group, a
+  draw one position off, a pair lost or doubled: the feature maps differ), and inside one shard in left then
+  right ordinal order (among records that only one pair of the group gives). Every group is checked up to
+  ``--semantic_check_max`` pairs; beyond, the first, the last and ``--semantic_samples`` more groups (by
+  ``--verify_seed``): those of at most that many pairs whole, and of a larger one (whose pairs are not listed),
+  with ``--index_features``, its first, last and ``--semantic_samples`` more records, each a pair of the group
+  (by the ordinals it names) and that pair's merged features, none twice. Only checked records are parsed."""
+
+  def __init__(self, independent: expected.GroupedExpected, args):
+    self._independent = independent
+    counts = [independent.group_count(key) for key in independent.keys]
+    self._starts = [0, *itertools.accumulate(counts)]
+    self.total = self._starts[-1]
+    groups = range(len(counts))
+    self.sampled: List[Tuple[int, List[int]]] = []  # (group, positions) of the large groups checked in part
+    if self.total <= args.semantic_check_max:
+      self.checked = list(groups)
+    else:
+      picked = {0, len(counts) - 1} | set(random.Random(args.verify_seed).sample(groups, min(args.semantic_samples,
+                                                                                             len(counts))))
+      picked = sorted(g for g in picked if 0 <= g < len(counts))
+      self.checked = [g for g in picked if counts[g] <= args.semantic_check_max]
+      if independent.options.index_features:
+        for g in picked:
+          if counts[g] > args.semantic_check_max:
+            start, stop = self._starts[g], self._starts[g + 1]
+            some = random.Random(f"{args.verify_seed}/{g}").sample(range(start, stop),
+                                                                   min(args.semantic_samples, stop - start))
+            self.sampled.append((g, sorted({start, stop - 1, *some})))
+    ranges = [(g, range(self._starts[g], self._starts[g + 1])) for g in self.checked] + self.sampled
+    self._positions = (k for _, positions in sorted(ranges) for k in positions)
+    self._pending: Optional[int] = None  # a wanted position that the shard before did not reach
+    self._forms = {}  # output position -> form
+    self._bases: List[int] = []  # the first position of each shard
+    self._paths: List[str] = []
+    self._picking: Optional[_Picking] = None
+
+  def shard(self, path: str, base: int) -> _Picking:
+    """The picker of the shard whose first record is output position ``base``."""
+    self._bases.append(base)
+    self._paths.append(path)
+    head = [] if self._pending is None else [self._pending]
+    wanted = ((k - base, k) for k in itertools.chain(head, self._positions))
+    self._picking = _Picking(path, self, wanted)
+    return self._picking
+
+  def ended(self) -> None:
+    """After a shard: a wanted position it did not reach waits for the next one."""
+    waiting = self._picking._next  # pylint: disable=protected-access
+    self._pending = None if waiting is None else waiting[1]
+
+  def problem(self, payload: bytes, position: int) -> Optional[str]:
+    found, shape = expected.record_form(payload)
+    if found is None:
+      self._forms[position] = shape
+    return found
+
+  def where(self, position: int) -> str:
+    return f"a record of {expected.show_key(self._independent.keys[self._group(position)])}"
+
+  def _group(self, position: int) -> int:
+    return bisect.bisect_right(self._starts, position) - 1
+
+  def _at(self, position: int) -> str:
+    k = bisect.bisect_right(self._bases, position) - 1
+    return f"{self._paths[k]}: record {position - self._bases[k]}"
+
+  def check(self, total: int) -> None:
+    """After the last shard: the output's count, then each checked group's records."""
+    if total != self.total:
+      raise VerifyError(f"the output holds {total:,} records; the inputs read independently of the job's code give "
+                        f"{self.total:,} pairs within groups")
+    independent = self._independent
+    for g in self.checked:
+      key, start, stop = independent.keys[g], self._starts[g], self._starts[g + 1]
+      pairs = independent.group_forms(key)
+      want = collections.Counter(shape for _, shape in pairs)
+      have = collections.Counter(self._forms[k] for k in range(start, stop))
+      group = f"{expected.show_key(key)} (output records {start:,}..{stop - 1:,})"
+      for pair, shape in pairs:
+        if have[shape] < want[shape]:
+          raise VerifyError(f"{group} lacks {independent.where(pair)}"
+                            + (f" ({want[shape] - have[shape]} of its {want[shape]})" if want[shape] > 1 else ""))
+      for k in range(start, stop):
+        if have[self._forms[k]] > want[self._forms[k]]:
+          kind = "no pair of its group" if not want[self._forms[k]] else "a pair of its group held again"
+          raise VerifyError(f"{self._at(k)}: {kind} ({group})")
+      only = {shape: pair for pair, shape in pairs if want[shape] == 1}
+      before = (None, None)  # (shard, pair) of the last record that names its pair
+      for k in range(start, stop):
+        pair = only.get(self._forms[k])
+        if pair is None:
+          continue
+        shard = bisect.bisect_right(self._bases, k)
+        if before[0] == shard and before[1] > pair:
+          raise VerifyError(f"{self._at(k)}, {independent.where(pair)}, comes after {independent.where(before[1])}"
+                            f" in its shard: a group's pairs go by left then right ordinal in a cell ({group})")
+        before = (shard, pair)
+      for k in range(start, stop):
+        del self._forms[k]
+    for g, positions in self.sampled:
+      self._check_sampled(g, positions)
+
+  def _check_sampled(self, g: int, positions: List[int]) -> None:
+    """Records of a large group: each names (``--index_features``) a pair of the group, once, and is its merge."""
+    independent = self._independent
+    key, names, seen = independent.keys[g], independent.options.index_names, {}
+    group = expected.show_key(key)
+    for k in positions:
+      have = dict(self._forms.pop(k))
+      ordinals = []
+      for name in names:
+        kind, values = have.get(name, (None, ()))
+        if kind != "int64_list" or len(values) != 1:
+          raise VerifyError(f"{self._at(k)}: its feature {name!r} is not one int64 (--index_features), "
+                            f"in {group}")
+        ordinals.append(values[0])
+      pair = tuple(ordinals)
+      if not independent.is_pair(key, pair):
+        raise VerifyError(f"{self._at(k)}: names left ordinal {pair[0]} and right ordinal {pair[1]}, no pair of "
+                          f"{group}")
+      if pair in seen:
+        raise VerifyError(f"{self._at(k)}: {independent.where(pair)} again (also {self._at(seen[pair])})")
+      seen[pair] = k
+      should = dict(expected.form(independent.example(pair)))
+      for name in sorted(set(have) | set(should)):
+        if have.get(name) != should.get(name):
+          raise VerifyError(f"{self._at(k)}, {independent.where(pair)}: feature {name!r} is "
+                            f"{_shown(have.get(name))}, expected {_shown(should.get(name))}")
+
+  def said(self) -> str:
+    if len(self.checked) == len(self._starts) - 1:
+      return "every record"
+    out = (f"{len(self.checked):,} of {len(self._starts) - 1:,} groups "
+           f"({sum(self._starts[g + 1] - self._starts[g] for g in self.checked):,} records)")
+    if self.sampled:
+      out += (f" and {sum(len(p) for _, p in self.sampled):,} records of {len(self.sampled):,} larger group(s) "
+              f"by their index features")
+    return out
+
+
 class UsageError(Exception):
   """The command line is wrong (exit 2)."""
 
@@ -475,7 +649,8 @@ def _verify(output: str, summary: dict, given: dict, settings: dict, differ: Lis
   self_join = None if right_files is not None else options.self_join
   compression, on_corrupt = settings["compression"], settings["on_corrupt"]
   if options.grouped:
-    return _verify_grouped(output, summary, options, self_join, left_files, right_files, compression, differ, args)
+    return _verify_grouped(output, summary, options, self_join, left_files, right_files, compression, differ, args,
+                           settings)
   left_stats, left = _read_side(left_files, "--left", compression, on_corrupt, options.prefixes[0],
                                 options.selects[0])
   right_stats, right = _read_side(right_files or left_files, "--right" if right_files else "--left", compression,
@@ -565,11 +740,11 @@ def _by_group(records, plan: planning.Plan, side: int, index_name: Optional[str]
 
 
 def _verify_grouped(output: str, summary: dict, options: PairOptions, self_join: Optional[str], left_files,
-                    right_files, compression: str, differ: List[str], args) -> str:
+                    right_files, compression: str, differ: List[str], args, settings: dict) -> str:
   """--group_by / --pairs_per_left: the job's grouped plan rebuilt from the inputs, the summary's fields checked
   against it, and each shard compared byte for byte with what the job's writer (``write.write_member``) gives
   for its cell (up to ``--full_check_max`` pairs; beyond, the records of the other shards are counted where the
-  plan knows the count). ``beam_job.expected`` does not define grouped outputs yet: no independent check."""
+  plan knows the count). Records are also checked against ``beam_job.expected`` (``_GroupChecking``)."""
   names_by = options.group_names or (None, None)
   on_corrupt, missing = options.on_corrupt, []
   left_stats, left = _read_side(left_files, "--left", compression, on_corrupt, options.prefixes[0],
@@ -609,16 +784,18 @@ def _verify_grouped(output: str, summary: dict, options: PairOptions, self_join:
   shard_count = grouped.shard_count
   compare = set(range(shard_count)) if full else set(
       random.Random(args.verify_seed).sample(range(shard_count), min(args.sample_shards, shard_count)))
+  checking = _GroupChecking(_independent_grouped(left_files, right_files, settings, self_join, summary), args)
   total = record_bytes = 0
   for cell in grouped.cells():
     path = names[cell.shard]
+    picking = checking.shard(path, total)
     if cell.shard not in compare and cell.pairs is not None:
-      count, size = _count(path, gzipped)
+      count, size = _count(path, gzipped, picking)
       if count != cell.pairs:
         raise VerifyError(f"{path} holds {count:,} records, expected {cell.pairs:,}")
     else:
       with _open(path, gzipped) as stream:
-        sink, count, size = _Comparing(stream), 0, 0
+        sink, count, size = _Comparing(stream, picking), 0, 0
         for member in cell.members:
           members = (lefts.get(member.key, [])[member.left.start:member.left.stop],
                      rights.get(member.key, [])[member.right.start:member.right.stop])
@@ -630,18 +807,21 @@ def _verify_grouped(output: str, summary: dict, options: PairOptions, self_join:
           raise VerifyError(f"{path} is not the expected pairs of its cell: it holds {found:,} records, the cell "
                             f"has {count:,}" if found != count else f"{path}: its records are not the expected "
                             "merged pairs of its cell")
+    if picking.problem:
+      raise VerifyError(picking.problem)
+    checking.ended()
     total += count
     record_bytes += size
   if not shard_count and _count(names[0], gzipped)[0]:
     raise VerifyError(f"{names[0]} should be empty: the job has no pairs")
+  checking.check(total)
   _expect(summary, "pairs", total)
   _check_schema(outputs.schema_path(output), set(left_stats.keys) | set(right_stats.keys) |
                 {name for name in index_names if name})
   _expect(summary, "record_bytes", record_bytes)
   _expect(summary, "bytes", sum(owned[name].size for name in names))
   how = "every shard compared" if full else f"{len(compare)} of {shard_count} shards compared, the others counted"
-  how += ("; not checked independently: beam_job.expected does not define --group_by / --pairs_per_left outputs "
-          "yet")
+  how += f"; {checking.said()} checked against the inputs independently"
   overrides = f" (flags that differ from the summary: {'; '.join(differ)})" if differ else ""
   return f"verified {total:,} pairs in {len(names)} shard(s) under {output}: {how}{overrides}"
 

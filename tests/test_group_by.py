@@ -6,6 +6,8 @@ import collections
 import itertools
 import json
 import os
+import random
+import re
 
 import pytest
 import tensorflow as tf
@@ -319,7 +321,7 @@ def test_verify_checks_grouped_and_k_outputs(tmp_path, data, capsys, flags):
   assert verify.main(["--output", prefix]) == 0
   said = capsys.readouterr().out
   assert said.startswith(f"verified {summary['pairs']:,} pairs in {len(summary['shards'])} shard(s)")
-  assert "not checked independently: beam_job.expected does not define --group_by / --pairs_per_left" in said
+  assert "; every record checked against the inputs independently" in said
   # A shard whose records were swapped for another cell's: the same count, other bytes.
   shards = summary["shards"]
   victim = max(shards, key=os.path.getsize)
@@ -339,3 +341,120 @@ def test_verify_checks_a_self_join_within_groups_with_skipped_keys(tmp_path, cap
       "--target_shard_mb", "0.001")
   capsys.readouterr()
   assert verify.main(["--output", str(tmp_path / "out" / "vs")]) == 0, capsys.readouterr().err
+
+
+def test_the_independent_k_draw_is_sampling_pick():
+  """``beam_job.expected.floyd`` is written from README (Floyd's algorithm from a hash of --seed and the left
+  ordinal), not from ``sampling``: equal draws on many inputs are what makes verify's K check independent."""
+  from beam_job import expected, sampling
+  rng = random.Random(14)
+  for _ in range(5000):
+    seed = rng.choice([0, -1, 42, (1 << 63) - 1, -(1 << 63), rng.randrange(-(1 << 63), 1 << 63)])
+    row, k = rng.randrange(10 ** 9), rng.randrange(1, 12)
+    eligible = rng.choice([0, 1, k - 1, k, k + 1, rng.randrange(40), rng.randrange(1 << 40)])
+    assert expected.floyd(seed, row, k, eligible) == sampling.pick(seed, row, k, eligible)
+
+
+def _skewed(tmp_path):
+  left = [make_example({"q": [b"heavy" if i % 10 else b"k%d" % i], "a": [i]}) for i in range(120)]
+  right = [make_example({"q": [b"heavy" if i % 10 else b"k%d" % (i % 30)], "b": [i]}) for i in range(90)]
+  return write_tfrecord(tmp_path / "l.tfrecord", left), write_tfrecord(tmp_path / "r.tfrecord", right)
+
+
+@pytest.mark.parametrize("case,flags", [
+    ("int", ["--group_by", "q", "--target_shard_mb", "0.001"]),
+    ("bytes", ["--left_group_by", "tag", "--right_group_by", "label", "--collision", "left"]),
+    ("self", ["--group_by", "q", "--self_join", "combinations", "--target_shard_mb", "0.0005"]),
+    ("skewed", ["--group_by", "q", "--target_shard_mb", "0.05"]),
+    ("sampled", ["--group_by", "q", "--sample_rate", "0.4", "--seed", "9"]),
+    ("k", ["--pairs_per_left", "3", "--seed", "5", "--target_shard_mb", "0.002"]),
+    ("k-grouped", ["--pairs_per_left", "2", "--group_by", "q", "--seed", "-3"]),
+    ("k-self", ["--pairs_per_left", "2", "--group_by", "q", "--self_join", "combinations_with_replacement"]),
+])
+def test_verify_checks_grouped_and_k_outputs_independently(tmp_path, data, capsys, case, flags):
+  from beam_job import verify
+  left, right = data["left_path"], data["right_path"]
+  if case == "skewed":
+    left, right = _skewed(tmp_path)
+  summary = run(tmp_path, case, left, None if "--self_join" in flags else right, *flags)
+  assert case != "skewed" or summary["grid"]["cut_groups"] == 1
+  prefix = str(tmp_path / "out" / case)
+  capsys.readouterr()
+  assert verify.main(["--output", prefix]) == 0, capsys.readouterr().err
+  assert "; every record checked against the inputs independently" in capsys.readouterr().out
+  # Beyond --semantic_check_max: the first, the last and --semantic_samples more of the groups that small.
+  assert verify.main(["--output", prefix, "--semantic_check_max", "35", "--semantic_samples", "1"]) == 0
+  said = capsys.readouterr().out
+  groups = summary["groups"]["groups_with_pairs"] if "groups" in summary else 1
+  assert re.search(rf"; \d of {groups} groups \([\d,]+ records\)( and \d+ records of \d larger group\(s\) by their "
+                   r"index features)? checked against the inputs independently", said), said
+
+
+def test_verify_checks_records_without_index_features_independently(tmp_path, data, capsys):
+  from beam_job import verify
+  prefix = str(tmp_path / "plain")
+  cli.run(["--left", str(data["left_path"]), "--right", str(data["right_path"]), "--output", prefix,
+           "--group_by", "q", "--collision", "right", "--pairs_per_left", "4"])
+  capsys.readouterr()
+  assert verify.main(["--output", prefix]) == 0, capsys.readouterr().err
+  assert "every record checked against the inputs independently" in capsys.readouterr().out
+
+
+def test_a_record_routed_to_another_group_in_the_job_and_in_verify_alike_is_found(tmp_path, data, monkeypatch,
+                                                                                  capsys):
+  """Left record 3 (key 3) is given key 4 by the shared ``grouping.key_of``: the byte comparison with the job's
+  writer agrees (both sides route it alike), the independent definition does not."""
+  from beam_job import grouping, verify
+  real = grouping.key_of
+
+  def wrong(features, name):
+    if "a" in features and features["a"].int64_list.value[0] == 3:
+      return grouping.encode_key(4)
+    return real(features, name)
+
+  monkeypatch.setattr(grouping, "key_of", wrong)
+  summary = run(tmp_path, "routed", data["left_path"], data["right_path"], "--group_by", "q")
+  assert summary["pairs"] == 176  # the same count as without the bug: groups 3 and 4 have 4 right records each
+  capsys.readouterr()
+  assert verify.main(["--output", str(tmp_path / "out" / "routed")]) == 1
+  first = 40 + 40 + 32  # groups 0 and 1 (8 x 5), group 2 (8 x 4)
+  assert capsys.readouterr().err == (
+      f"verify failed: group 3 (output records {first}..{first + 31}) lacks the pair of left {data['left_path']} "
+      f"record 3 and right {data['right_path']} record 3\n")
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_k_draw_one_position_off_in_the_job_and_in_verify_alike_is_found(tmp_path, data, monkeypatch, capsys,
+                                                                           grouped):
+  from beam_job import sampling, verify
+  real = sampling.pick
+  monkeypatch.setattr(sampling, "pick", lambda seed, row, k, eligible: sorted(
+      {(p + 1) % eligible for p in real(seed, row, k, eligible)}) if k < eligible else real(seed, row, k, eligible))
+  by = ["--group_by", "q"] if grouped else []
+  run(tmp_path, "off", data["left_path"], data["right_path"], "--pairs_per_left", "3", *by)
+  capsys.readouterr()
+  assert verify.main(["--output", str(tmp_path / "out" / "off")]) == 1
+  group = "group 0" if grouped else "the one group of every record"
+  assert re.fullmatch(rf"verify failed: {group} \(output records 0\.\.\d+\) lacks the pair of left "
+                      rf"{re.escape(str(data['left_path']))} record 0 and right {re.escape(str(data['right_path']))} "
+                      r"record \d+\n", capsys.readouterr().err)
+
+
+def test_a_k_draw_off_in_a_large_group_is_found_by_its_index_features(tmp_path, data, monkeypatch, capsys):
+  """Beyond --semantic_check_max a group's pairs are not listed: the records sampled from it name their pair
+  (--index_features), which must be one the documented draw keeps."""
+  from beam_job import sampling, verify
+  real = sampling.pick
+  monkeypatch.setattr(sampling, "pick", lambda seed, row, k, eligible: sorted(
+      {(p + 1) % eligible for p in real(seed, row, k, eligible)}) if k < eligible else real(seed, row, k, eligible))
+  run(tmp_path, "big", data["left_path"], data["right_path"], "--pairs_per_left", "3")
+  capsys.readouterr()
+  argv = ["--output", str(tmp_path / "out" / "big"), "--semantic_check_max", "50", "--semantic_samples", "20"]
+  assert verify.main(argv) == 1
+  assert re.fullmatch(r"verify failed: .+-00000-of-\d+\.tfrecord: record \d+: names left ordinal \d+ and right "
+                      r"ordinal \d+, no pair of the one group of every record\n", capsys.readouterr().err)
+  monkeypatch.setattr(sampling, "pick", real)
+  run(tmp_path, "good", data["left_path"], data["right_path"], "--pairs_per_left", "3")
+  assert verify.main(["--output", str(tmp_path / "out" / "good"), *argv[2:]]) == 0
+  assert re.search(r"; 0 of 1 groups \(0 records\) and 2\d records of 1 larger group\(s\) by their index features "
+                   "checked against the inputs independently", capsys.readouterr().out)
