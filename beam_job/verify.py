@@ -628,6 +628,30 @@ def _check_dead_letters(summary: dict, output: str, corrupt: List[Tuple[str, int
     raise VerifyError(f"{path} lists {len(letters)} corrupt record(s), the inputs hold {len(corrupt)}")
 
 
+def _check_published(summary: dict, output: str, plan, names: List[str], corrupt: List[Tuple[str, int]],
+                     fields: list) -> dict:
+  """What the run published, against the plan rebuilt here: the summary's fields (the plan's and ``fields``),
+  its paths, the dead letters and the listing of the prefix (every shard named, no other). Returns the files
+  the prefix holds, by path."""
+  for field, value in [("left_records", plan.left_count), ("right_records", plan.right_count),
+                       ("strategy", plan.strategy), ("grid", plan.grid), ("shuffle_bytes", plan.shuffle_bytes),
+                       ("collisions", list(plan.collisions))] + fields:
+    _expect(summary, field, value)
+  # Paths as the run wrote them: the output may have been copied under another prefix since.
+  moved = {field: _moved(summary, field, output) for field in ("shards", "schema", "dead_letter")}
+  for field, value in (("shards", names), ("schema", outputs.schema_path(output))):
+    _expect(moved, field, value)
+  _check_dead_letters(dict(summary, **moved), output, corrupt)
+  owned = {o.path: o for o in outputs.list_owned(output)}
+  for name in names:
+    if name not in owned:
+      raise VerifyError(f"missing shard {name}")
+  extra = [path for path, o in owned.items() if o.kind == "shard" and path not in names]
+  if extra:
+    raise VerifyError(f"unexpected shard {extra[0]} (the plan has {plan.shard_count} shards)")
+  return owned
+
+
 def verify(argv: Optional[List[str]] = None) -> str:
   args, given, defaults = _parse(argv)
   output = outputs.normalize(args.output)
@@ -662,22 +686,7 @@ def _verify(output: str, summary: dict, given: dict, settings: dict, differ: Lis
   names = [outputs.shard_name(output, s, plan.shard_count, gzipped) for s in range(plan.shard_count)]
   corrupt = sorted((source, index) for stats in ((left_stats,) if self_join else (left_stats, right_stats))
                    for source, indexes in stats.bad.items() for index in indexes)
-  for field, value in (("left_records", plan.left_count), ("right_records", plan.right_count),
-                       ("corrupt_records", len(corrupt)), ("strategy", plan.strategy), ("grid", plan.grid),
-                       ("shuffle_bytes", plan.shuffle_bytes), ("collisions", list(plan.collisions))):
-    _expect(summary, field, value)
-  # Paths as the run wrote them: the output may have been copied under another prefix since.
-  moved = {field: _moved(summary, field, output) for field in ("shards", "schema", "dead_letter")}
-  for field, value in (("shards", names), ("schema", outputs.schema_path(output))):
-    _expect(moved, field, value)
-  _check_dead_letters(dict(summary, **moved), output, corrupt)
-  owned = {o.path: o for o in outputs.list_owned(output)}
-  for name in names:
-    if name not in owned:
-      raise VerifyError(f"missing shard {name}")
-  extra = [path for path, o in owned.items() if o.kind == "shard" and path not in names]
-  if extra:
-    raise VerifyError(f"unexpected shard {extra[0]} (the plan has {plan.shard_count} shards)")
+  owned = _check_published(summary, output, plan, names, corrupt, [("corrupt_records", len(corrupt))])
   sampled = plan.sample_rate < 1
   full = plan.pairs <= args.full_check_max
   plan_cells = plan.cells
@@ -762,24 +771,10 @@ def _verify_grouped(output: str, summary: dict, options: PairOptions, self_join:
   names = [outputs.shard_name(output, s, plan.shard_count, gzipped) for s in range(plan.shard_count)]
   corrupt = sorted((source, index) for stats in ((left_stats,) if self_join else (left_stats, right_stats))
                    for source, indexes in stats.bad.items() for index in indexes)
-  fields = [("left_records", plan.left_count), ("right_records", plan.right_count),
-            ("corrupt_records", len(corrupt) - len(missing)), ("strategy", plan.strategy), ("grid", plan.grid),
-            ("shuffle_bytes", plan.shuffle_bytes), ("collisions", list(plan.collisions))]
+  fields = [("corrupt_records", len(corrupt) - len(missing))]
   if options.group_names is not None:
     fields += [("missing_group_records", len(missing)), ("groups", json.loads(json.dumps(grouped.summary())))]
-  for field, value in fields:
-    _expect(summary, field, value)
-  moved = {field: _moved(summary, field, output) for field in ("shards", "schema", "dead_letter")}
-  for field, value in (("shards", names), ("schema", outputs.schema_path(output))):
-    _expect(moved, field, value)
-  _check_dead_letters(dict(summary, **moved), output, corrupt)
-  owned = {o.path: o for o in outputs.list_owned(output)}
-  for name in names:
-    if name not in owned:
-      raise VerifyError(f"missing shard {name}")
-  extra = [path for path, o in owned.items() if o.kind == "shard" and path not in names]
-  if extra:
-    raise VerifyError(f"unexpected shard {extra[0]} (the plan has {plan.shard_count} shards)")
+  owned = _check_published(summary, output, plan, names, corrupt, fields)
   full = plan.pairs <= args.full_check_max
   shard_count = grouped.shard_count
   compare = set(range(shard_count)) if full else set(
