@@ -135,12 +135,13 @@ def build(pipeline: beam.Pipeline, args, temp_token: Optional[str] = None,
           inputs: Optional[dict] = None):
   """Adds the job to ``pipeline``; returns the PCollection of its summary (of its plan with --dry_run).
   ``inputs`` is what ``run`` matched, recorded in the summary."""
+  on_corrupt = "skip" if args.dry_run else args.on_corrupt  # a dry run lists what a real run would fail on
   left = pipeline | "ReadLeft" >> transforms.ReadExamples(
-      sources.split_patterns(args.left), args.compression, args.on_corrupt)
+      sources.split_patterns(args.left), args.compression, on_corrupt)
   records = left
   if args.right:
     records = (left, pipeline | "ReadRight" >> transforms.ReadExamples(
-        sources.split_patterns(args.right), args.compression, args.on_corrupt))
+        sources.split_patterns(args.right), args.compression, on_corrupt))
   if args.dry_run:
     return records | "DescribePairs" >> transforms.DescribePairs(**pair_options(args))
   return records | "CrossProduct" >> transforms.CrossProduct(temp_token=temp_token, inputs=inputs,

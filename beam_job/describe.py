@@ -15,8 +15,25 @@ def _grouped(plan: planning.Plan, options) -> dict:
   return found
 
 
-def plan_description(plan: planning.Plan, options) -> dict:
-  """What the job would do: sizes, strategy, grid, shard names, and what happens to colliding features."""
+def _left_out_problems(left_out, options) -> list:
+  """The records a dry run read leniently that the real run would fail on (``--on_corrupt fail``,
+  ``--missing_group fail``), as problems naming the first and the flag that leaves them out."""
+  problems = []
+  for missing, flag, policy, what in ((False, "--on_corrupt", options.on_corrupt, "corrupt record(s)"),
+                                      (True, "--missing_group", options.missing_group,
+                                       "record(s) without a group key")):
+    found = sorted((source, index, problem) for source, index, problem, is_missing in left_out
+                   if is_missing == missing)
+    if found and policy == "fail":
+      source, index, problem = found[0]
+      problems.append(f"{len(found):,} {what}, first {source} record {index}: {problem}; {flag} skip leaves "
+                      "them out")
+  return problems
+
+
+def plan_description(plan: planning.Plan, options, left_out=()) -> dict:
+  """What the job would do: sizes, strategy, grid, shard names, and what happens to colliding features.
+  ``left_out``: (source, index, problem, missing_group) of the records the dry run's lenient read left out."""
   if not plan.collisions:
     collisions = "none: the merged Example is the union of both sides' features"
   elif options.collision == "error":  # only in a dry run: the plan lists the refusal among its problems
@@ -53,7 +70,7 @@ def plan_description(plan: planning.Plan, options) -> dict:
       "worker_memory_bytes": (plan.cell_memory_bytes + plan.broadcast_memory_bytes if plan.grouped is None else
                               2 * grouped["cell_budget_bytes"] + 2 * planning.WRITE_BLOCK_BYTES),
       "sampled_split": plan.sample_rate < 1,
-      "problems": list(plan.problems),
+      "problems": _left_out_problems(left_out, options) + list(plan.problems),
       "corrupt_records": sum(len(v) for side in (plan.bad[:1] if plan.self_join else plan.bad)
                              for v in side.values()),
   }
@@ -67,7 +84,8 @@ def _grouped_text(description: dict) -> list:
     named = names[0] if names[0] == names[1] else f"{names[0]} (left) = {names[1]} (right)"
     lines.append(f"groups:         {groups['groups']:,} key(s) of {named}, {groups['groups_with_pairs']:,} with pairs; "
                  f"{groups['unpaired_records']['left']:,} left and {groups['unpaired_records']['right']:,} right "
-                 f"record(s) in groups without pairs (--missing_group {description['missing_group']})")
+                 f"record(s) in groups without pairs; records without a key: --missing_group "
+                 f"{description['missing_group']}")
     for group in groups["largest_groups"]:
       lines.append(f"  largest:      {group['key']!r}: {group['left']:,} x {group['right']:,} records, "
                    f"{group['pairs']:,} pairs in {group['cells']:,} cell(s)")

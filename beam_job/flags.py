@@ -82,7 +82,12 @@ def seed(text: str) -> int:
 
 def per_left(text: str) -> int:
   """--pairs_per_left: a whole number of right records per left record, at least 1."""
-  value = count(text)
+  try:
+    value = count(text)
+  except argparse.ArgumentTypeError:
+    if text.strip().startswith("-"):
+      raise argparse.ArgumentTypeError(f"must be at least 1, not {text}") from None
+    raise
   if value < 1:
     raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
   return value

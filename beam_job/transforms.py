@@ -101,6 +101,8 @@ class PairOptions:
       if self.sample_rate < 1:
         raise JobError("--pairs_per_left and --sample_rate both choose which pairs to keep: give one of them "
                        "(--pairs_per_left K keeps exactly K per left record, --sample_rate each pair by chance)")
+    if self.missing_group != "fail" and self.group_names is None:
+      raise JobError("--missing_group applies only with --group_by (or --left_group_by and --right_group_by)")
     if self.strategy == "broadcast" and self.grouped:
       raise JobError("--strategy broadcast does not apply with --group_by or --pairs_per_left, whose cells are "
                      "planned per group: omit it")
@@ -229,5 +231,11 @@ class DescribePairs(beam.PTransform):
     self._options = _pair_options(output, options)
 
   def expand(self, inputs) -> beam.PCollection[Dict[str, Any]]:
-    sides, self_join = _prepare(self._options, inputs)
-    return (sides[0].stats, sides[1].stats) | "DescribePlan" >> DescribePlan(self._options, self_join)
+    # Read leniently: a record the real run would fail on is left out and listed among the problems.
+    options = self._options
+    lenient = dataclasses.replace(options, on_corrupt="skip",
+                                  missing_group="skip" if options.group_names else options.missing_group)
+    sides, self_join = _prepare(lenient, inputs)
+    read = sides if isinstance(inputs, tuple) else sides[:1]
+    left_out = tuple(side.corrupt for side in read) | "LeftOut" >> beam.Flatten()
+    return (sides[0].stats, sides[1].stats) | "DescribePlan" >> DescribePlan(options, self_join, left_out)

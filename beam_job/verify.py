@@ -668,8 +668,12 @@ def verify(argv: Optional[List[str]] = None) -> str:
 def _verify(output: str, summary: dict, given: dict, settings: dict, differ: List[str], args) -> str:
   left_files = _files("left", given, summary, differ)
   right_files = _files("right", given, summary, differ)
-  options = PairOptions(output, **{dest: settings[dest] for dest in _OPTIONS if dest != "self_join"},
-                        self_join=settings["self_join"] or "product")
+  try:
+    options = PairOptions(output, **{dest: settings[dest] for dest in _OPTIONS if dest != "self_join"},
+                          self_join=settings["self_join"] or "product")
+  except JobError as e:  # flags that contradict each other (or the summary's): a usage error, not a bad output
+    raise UsageError(str(e) + (f" (flags that differ from the summary: {'; '.join(differ)})" if differ else "")) \
+        from None
   self_join = None if right_files is not None else options.self_join
   compression, on_corrupt = settings["compression"], settings["on_corrupt"]
   if options.grouped:

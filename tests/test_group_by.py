@@ -458,3 +458,77 @@ def test_a_k_draw_off_in_a_large_group_is_found_by_its_index_features(tmp_path, 
   assert verify.main(["--output", str(tmp_path / "out" / "good"), *argv[2:]]) == 0
   assert re.search(r"; 0 of 1 groups \(0 records\) and 2\d records of 1 larger group\(s\) by their index features "
                    "checked against the inputs independently", capsys.readouterr().out)
+
+
+# --- keys that cannot pair anything are refused, not published as an empty output (adversarial trial) --------
+
+
+def _bad_keys(tmp_path, left_values, right_values):
+  left = write_tfrecord(tmp_path / "l.tfrecord", [make_example({"zip": [v], "a": [i]}) for i, v in enumerate(left_values)])
+  right = write_tfrecord(tmp_path / "r.tfrecord", [make_example({"postcode": [v], "b": [i]})
+                                                   for i, v in enumerate(right_values)])
+  return ["--left", str(left), "--right", str(right), "--output", str(tmp_path / "out" / "p"), "--collision", "prefix"]
+
+
+def test_a_misspelt_key_under_missing_group_skip_is_an_error_and_the_dry_run_lists_it(tmp_path, capsys):
+  argv = _bad_keys(tmp_path, [1, 2, 3], [1, 2]) + ["--left_group_by", "zipp", "--right_group_by", "postcode",
+                                                  "--missing_group", "skip"]
+  problem = ("no left record holds a group key 'zipp' (3 left out by --missing_group skip): check the name given "
+             "to --group_by or --left_group_by")
+  capsys.readouterr()
+  assert cli.main(argv) == 2
+  assert capsys.readouterr().err == f"error: {problem}\n"
+  assert not os.path.exists(tmp_path / "out" / "p-summary.json")
+  assert cli.main(argv + ["--dry_run"]) == 0
+  assert problem in capsys.readouterr().out
+
+
+def test_int64_keys_on_one_side_and_bytes_on_the_other_are_an_error(tmp_path, capsys):
+  argv = _bad_keys(tmp_path, [10001, 10002], [b"10001", b"10002"]) + ["--left_group_by", "zip", "--right_group_by",
+                                                                        "postcode"]
+  capsys.readouterr()
+  assert cli.main(argv) == 2
+  assert capsys.readouterr().err == ("error: the group keys are int64 on the left ('zip') and bytes on the right "
+                                     "('postcode'): int64 and bytes keys never match, so no pair would be written\n")
+
+
+def test_missing_group_needs_a_group_flag_and_pairs_per_left_says_at_least_1(tmp_path, capsys):
+  with pytest.raises(JobError, match=r"^--missing_group applies only with --group_by \(or --left_group_by and "
+                                     r"--right_group_by\)$"):
+    PairOptions(output="/tmp/never-written", missing_group="skip")
+  capsys.readouterr()
+  assert cli.main(_bad_keys(tmp_path, [1], [1]) + ["--pairs_per_left", "-1"]) == 2
+  assert capsys.readouterr().err == "error: argument --pairs_per_left: must be at least 1, not -1\n"
+
+
+def test_verify_calls_contradictory_flags_a_usage_error(tmp_path, data, capsys):
+  from beam_job import verify
+  summary = run(tmp_path, "k", data["left_path"], data["right_path"], "--pairs_per_left", "2")
+  prefix = summary["output"]
+  capsys.readouterr()
+  assert verify.main(["--output", prefix, "--sample_rate", "0.5"]) == 2
+  assert capsys.readouterr().err == (
+      "error: --pairs_per_left and --sample_rate both choose which pairs to keep: give one of them (--pairs_per_left "
+      "K keeps exactly K per left record, --sample_rate each pair by chance) (flags that differ from the summary: "
+      "--sample_rate 0.5 (the run: 1.0))\n")
+
+
+def test_the_dry_run_lists_records_the_real_run_would_fail_on(tmp_path, capsys):
+  """A missing key under --missing_group fail and a corrupt record under --on_corrupt fail: the dry run reads on,
+  lists each with the flag that leaves them out, and exits 0; the real run still fails."""
+  _, _, left_path, right_path = _missing_inputs(tmp_path)
+  frames = open(right_path, "rb").read()
+  length = int.from_bytes(frames[:8], "little")
+  damaged = frames[:12 + length] + bytes([frames[12 + length] ^ 1]) + frames[13 + length:]  # record 0's data CRC
+  open(right_path, "wb").write(damaged)
+  argv = ["--left", left_path, "--right", right_path, "--output", str(tmp_path / "out" / "p"), "--collision",
+          "prefix", "--group_by", "q"]
+  capsys.readouterr()
+  assert cli.main(argv + ["--dry_run"]) == 0
+  out = capsys.readouterr().out
+  assert (f"problem:        2 record(s) without a group key, first {left_path} record 2: has no feature 'q', its "
+          "group key; --missing_group skip leaves them out") in out
+  assert (f"problem:        1 corrupt record(s), first {right_path} record 0: bad data CRC; --on_corrupt skip leaves "
+          "them out") in out
+  assert "the job would fail" in out
+  assert cli.main(argv) == 2

@@ -7,7 +7,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional
 
 import apache_beam as beam
-from apache_beam.pvalue import AsSingleton
+from apache_beam.pvalue import AsList, AsSingleton
 
 from beam_job import describe, grouping, outputs, planning, publish
 from beam_job.errors import JobError
@@ -26,8 +26,27 @@ def _new_token(_) -> str:
   return uuid.uuid4().hex[:12]
 
 
+def _key_problems(left_stats: planning.SideStats, right_stats: planning.SideStats, names, self_join) -> list:
+  """Group keys that cannot pair anything, which would otherwise give a complete-looking empty output: a side
+  none of whose records has a key (a misspelt name under --missing_group skip), or int64 keys on one side and
+  bytes keys on the other (they never match)."""
+  sides = [("left", left_stats, names[0])] + ([] if self_join is not None else [("right", right_stats, names[1])])
+  for side, stats, name in sides:
+    if not stats.groups and stats.bad:
+      skipped = sum(len(indexes) for indexes in stats.bad.values())
+      return [f"no {side} record holds a group key {name!r} ({skipped:,} left out by --missing_group skip): "
+              f"check the name given to --group_by or --{side}_group_by"]
+  if self_join is None and left_stats.groups and right_stats.groups:
+    kinds = [{key[0] for key in stats.groups} for stats in (left_stats, right_stats)]
+    if len(kinds[0]) == len(kinds[1]) == 1 and kinds[0] != kinds[1]:
+      shown = ["int64" if kind == {grouping.INT64} else "bytes" for kind in kinds]
+      return [f"the group keys are {shown[0]} on the left ({names[0]!r}) and {shown[1]} on the right "
+              f"({names[1]!r}): int64 and bytes keys never match, so no pair would be written"]
+  return []
+
+
 def _grouped(plan: planning.Plan, left_stats: planning.SideStats, right_stats: planning.SideStats,
-             grouped: dict, by_key: bool, dry_run: bool) -> planning.Plan:
+             grouped: dict, by_key: bool, dry_run: bool, names=None) -> planning.Plan:
   """The plan of --group_by / --pairs_per_left: ``planning``'s for ordinals, counts and collisions (planned
   with no --max_pairs, which applies to the grouped pairs), with ``grouping``'s cells. Without --group_by
   (``by_key`` false) the whole product is one group, ``grouping.WHOLE``, whose ranks are the ordinals."""
@@ -39,7 +58,9 @@ def _grouped(plan: planning.Plan, left_stats: planning.SideStats, right_stats: p
   else:
     counts = {key: (left_stats.groups.get(key, 0), right_stats.groups.get(key, 0))
               for key in left_stats.groups.keys() | right_stats.groups.keys()}
-  problems = list(plan.problems)
+  problems = list(plan.problems) + (_key_problems(left_stats, right_stats, names, self_join) if by_key else [])
+  if problems and not dry_run:
+    raise JobError(problems[0])
   try:
     cells = grouping.make_grouped_plan(counts, plan.averages, **grouped)
   except JobError as e:
@@ -63,8 +84,9 @@ def _plan(left_stats: planning.SideStats, right_stats: planning.SideStats, optio
   else:
     grouped = dict(grouped)
     by_key = grouped.pop("by_key")
+    names = grouped.pop("names")
     plan = planning.make_plan(left_stats, right_stats, **dict(options, max_pairs=planning.MAX_PAIRS, strategy="grid"))
-    plan = _grouped(plan, left_stats, right_stats, grouped, by_key, options.get("dry_run", False))
+    plan = _grouped(plan, left_stats, right_stats, grouped, by_key, options.get("dry_run", False), names)
   if run is None:
     return plan
   publish.begin(run.output, token, run.overwrite)
@@ -77,7 +99,8 @@ def _plan(left_stats: planning.SideStats, right_stats: planning.SideStats, optio
 def _grouped_options(options: "PairOptions", self_join: Optional[str]) -> Optional[dict]:
   if not options.grouped:
     return None
-  return dict(options.grouped_options(self_join), by_key=options.group_names is not None)
+  return dict(options.grouped_options(self_join), by_key=options.group_names is not None,
+              names=options.group_names)
 
 
 class Plan(beam.PTransform):
@@ -107,13 +130,15 @@ class DescribePlan(beam.PTransform):
   (``describe.plan_description``), in which a failed check is a problem to report, not an error. It starts no
   run and writes nothing."""
 
-  def __init__(self, options: "PairOptions", self_join: Optional[str]):
+  def __init__(self, options: "PairOptions", self_join: Optional[str], left_out=None):
     super().__init__()
-    self._options, self._self_join = options, self_join
+    self._options, self._self_join, self._left_out = options, self_join, left_out
 
   def expand(self, stats) -> beam.PCollection[Dict[str, Any]]:
     left_stats, right_stats = stats
     options = dict(self._options.plan_options(self._self_join), dry_run=True)
+    left_out = ([] if self._left_out is None else AsList(self._left_out | "LeftOut" >> beam.Map(
+        lambda record: (record[0], record[1], record[2].problem, record[2].missing_group))))
     return (left_stats | "Plan" >> beam.Map(_plan, AsSingleton(right_stats), options, None, None,
                                             _grouped_options(self._options, self._self_join))
-            | "Describe" >> beam.Map(describe.plan_description, self._options))
+            | "Describe" >> beam.Map(describe.plan_description, self._options, left_out))
