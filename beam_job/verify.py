@@ -31,8 +31,9 @@ import json
 import random
 import struct
 import sys
+import tempfile
 import zlib
-from typing import BinaryIO, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -175,6 +176,20 @@ class _Comparing:
       except _GZIP_BROKEN:
         self.same = False
     return self.same
+
+
+def _first_difference(path: str, compression: str, write: Callable[[BinaryIO], object]) -> int:
+  """The number of the first record of the shard that differs from what ``write`` writes, which goes to a
+  temporary file (a failure path only: memory stays a frame or two)."""
+  with tempfile.TemporaryFile() as expected:
+    write(expected)
+    expected.seek(0)
+    with _open(path, compression) as stream:
+      pairs = itertools.zip_longest(tfrecord.read_frames(stream), tfrecord.read_frames(expected))
+      for k, (found, wanted) in enumerate(pairs):
+        if found is None or wanted is None or found.payload != wanted.payload:
+          return k
+  return -1
 
 
 def _compare(path: str, compression: str, rows: list, cols: list, merge: dict,
@@ -793,19 +808,26 @@ def _verify_grouped(output: str, summary: dict, options: PairOptions, self_join:
       if count != cell.pairs:
         raise VerifyError(f"{path} holds {count:,} records, expected {cell.pairs:,}")
     else:
-      with _open(path, gzipped) as stream:
-        sink, count, size = _Comparing(stream, picking), 0, 0
+      def write_cell(out, cell=cell) -> Tuple[int, int]:
+        count = size = 0
         for member in cell.members:
           members = (lefts.get(member.key, [])[member.left.start:member.left.stop],
                      rights.get(member.key, [])[member.right.start:member.right.stop])
-          pairs, written = write_stage.write_member(grouped, member, *members, sink, options, self_join,
+          pairs, written = write_stage.write_member(grouped, member, *members, out, options, self_join,
                                                     plan.collisions)
           count, size = count + pairs, size + written
-        if not sink.ended():
-          found, _ = _count(path, gzipped)
-          raise VerifyError(f"{path} is not the expected pairs of its cell: it holds {found:,} records, the cell "
-                            f"has {count:,}" if found != count else f"{path}: its records are not the expected "
-                            "merged pairs of its cell")
+        return count, size
+
+      with _open(path, gzipped) as stream:
+        sink = _Comparing(stream, picking)
+        count, size = write_cell(sink)
+        same = sink.ended()
+      if not same:
+        found, _ = _count(path, gzipped)
+        if found != count:
+          raise VerifyError(f"{path} holds {found:,} records, expected {count:,} (records dropped or duplicated)")
+        raise VerifyError(f"{path}: record {_first_difference(path, gzipped, write_cell)} is not the expected "
+                          "merged pair")
     if picking.problem:
       raise VerifyError(picking.problem)
     checking.ended()

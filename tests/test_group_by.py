@@ -532,3 +532,21 @@ def test_the_dry_run_lists_records_the_real_run_would_fail_on(tmp_path, capsys):
           "them out") in out
   assert "the job would fail" in out
   assert cli.main(argv) == 2
+
+
+def test_verify_names_the_first_wrong_record_of_a_grouped_shard(tmp_path, data, capsys):
+  from beam_job import verify
+  from tests.helpers import split_frames
+  summary = run(tmp_path, "g", data["left_path"], data["right_path"], "--group_by", "q", "--target_shard_mb",
+                "0.01")
+  shard = summary["shards"][1]
+  frames = split_frames(open(shard, "rb").read())
+  assert len(frames) > 3
+  open(shard, "wb").write(b"".join(frames[:2] + [frames[0]] + frames[3:]))  # record 2: a valid frame, wrong pair
+  capsys.readouterr()
+  assert verify.main(["--output", summary["output"]]) == 1
+  assert capsys.readouterr().err == f"verify failed: {shard}: record 2 is not the expected merged pair\n"
+  open(shard, "wb").write(b"".join(frames[:-1]))
+  assert verify.main(["--output", summary["output"]]) == 1
+  assert capsys.readouterr().err == (f"verify failed: {shard} holds {len(frames) - 1:,} records, expected "
+                                     f"{len(frames):,} (records dropped or duplicated)\n")
