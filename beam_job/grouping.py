@@ -54,9 +54,10 @@ def decode_key(encoded: bytes) -> Union[int, bytes]:
 
 
 def display_key(encoded: bytes) -> Union[int, str]:
-  """A key as the summary shows it (JSON): an int64 as a number, bytes as text (invalid UTF-8 escaped)."""
+  """A key as the summary shows it (JSON): an int64 as a number, bytes as text, a backslash doubled and invalid
+  UTF-8 escaped (``\\x80``), so that two different keys never look alike."""
   value = decode_key(encoded)
-  return value if isinstance(value, int) else value.decode("utf-8", "backslashreplace")
+  return value if isinstance(value, int) else value.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
 
 
 def _held(feature, kind: Optional[str]) -> str:

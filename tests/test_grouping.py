@@ -56,6 +56,7 @@ def test_int64_and_bytes_keys_never_match():
   assert encode_key(b"\x80\x00\x00\x00\x00\x00\x00\x31") != encode_key(49)  # the same bytes, another kind
   assert encode_key(2 ** 63 - 1) < encode_key(b"")  # every int64 sorts before every bytes key
   assert display_key(encode_key(-3)) == -3 and display_key(encode_key(b"q\xff")) == "q\\xff"
+  assert display_key(encode_key(b"\\x80")) == "\\\\x80" != display_key(encode_key(b"\x80"))  # never alike
 
 
 @settings(max_examples=100, deadline=None)
