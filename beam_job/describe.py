@@ -71,8 +71,9 @@ def plan_description(plan: planning.Plan, options, left_out=()) -> dict:
                               2 * grouped["cell_budget_bytes"] + 2 * planning.WRITE_BLOCK_BYTES),
       "sampled_split": plan.sample_rate < 1,
       "problems": _left_out_problems(left_out, options) + list(plan.problems),
+      # (the records left out for want of a group key are among the plan's ``bad`` too: counted apart)
       "corrupt_records": sum(len(v) for side in (plan.bad[:1] if plan.self_join else plan.bad)
-                             for v in side.values()),
+                             for v in side.values()) - sum(1 for *_, missing in left_out if missing),
   }
 
 

@@ -531,6 +531,7 @@ def test_the_dry_run_lists_records_the_real_run_would_fail_on(tmp_path, capsys):
   assert (f"problem:        1 corrupt record(s), first {right_path} record 0: bad data CRC; --on_corrupt skip leaves "
           "them out") in out
   assert "the job would fail" in out
+  assert "corrupt:        1 record(s) left out" in out  # the keyless records are not counted as corrupt
   assert cli.main(argv) == 2
 
 
