@@ -332,7 +332,8 @@ class GroupedPlan:
   def summary(self) -> dict:
     """What the dry run and the summary report about the groups."""
     return {"groups": self.groups, "groups_with_pairs": self.group_count, "pairs": self.pairs,
-            "unpaired_records": {"left": self.unpaired[0], "right": self.unpaired[1]}, "shards": self.shard_count,
+            "unpaired_records": {"left": self.unpaired[0], "right": self.unpaired[1]},
+            "shards": max(1, self.shard_count),  # a job of no pairs still publishes one (empty) shard
             "largest_groups": [{"key": display_key(g.key), "left": g.left, "right": g.right, "pairs": g.pairs,
                                 "cells": g.cells} for g in self.largest]}
 

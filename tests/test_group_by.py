@@ -551,3 +551,11 @@ def test_verify_names_the_first_wrong_record_of_a_grouped_shard(tmp_path, data, 
   assert verify.main(["--output", summary["output"]]) == 1
   assert capsys.readouterr().err == (f"verify failed: {shard} holds {len(frames) - 1:,} records, expected "
                                      f"{len(frames):,} (records dropped or duplicated)\n")
+
+
+def test_groups_that_never_meet_give_one_empty_shard_and_say_so(tmp_path, capsys):
+  argv = _bad_keys(tmp_path, [1, 2], [3, 4]) + ["--left_group_by", "zip", "--right_group_by", "postcode"]
+  summary = cli.run(argv)
+  assert (summary["pairs"], len(summary["shards"]), summary["groups"]["shards"]) == (0, 1, 1)
+  assert summary["groups"]["unpaired_records"] == {"left": 2, "right": 2}
+  assert read_tfrecords(summary["shards"]) == []
