@@ -34,13 +34,13 @@ import hashlib
 import itertools
 import math
 import struct
-from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from beam_job import sources
+from beam_job import sources, tfrecord
 from beam_job.example_proto import Example
 
 FeatureMap = Dict[str, Tuple[Optional[str], tuple]]
@@ -150,14 +150,15 @@ class Side:
     return f"{path} record {index}"
 
 
-def read_side(files: Iterable[str], compression: str, group_by: Optional[str] = None) -> Side:
+def read_side(files: Iterable[str], compression: str, group_by: Optional[str] = None,
+              read: Optional[Callable[[str], Iterable[tfrecord.Record]]] = None) -> Side:
   """The side's good records: files in path order, records in file order, corrupt ones left out, and with
-  ``group_by`` those without a key too."""
+  ``group_by`` those without a key too. ``read``: a path's records, by default ``sources.read_file``'s."""
   payloads, placed, keys = [], [], []
   for path in sorted(files):
     bad = []
     placed.append((path, len(payloads), bad))
-    for record in sources.read_file(path, compression):
+    for record in (read(path) if read else sources.read_file(path, compression)):
       key = None
       if record.payload is not None and parse(record.payload) is not None and (
           group_by is None or (key := group_key(record.payload, group_by)) is not None):

@@ -25,6 +25,7 @@ import argparse
 import bisect
 import collections
 import contextlib
+import functools
 import gzip
 import itertools
 import json
@@ -51,15 +52,27 @@ class VerifyError(Exception):
   """The output is not what the inputs and options imply."""
 
 
+def _reader(compression: str) -> Callable[[str], Tuple[tfrecord.Record, ...]]:
+  """Each input file read once for the whole check: the job's preparation (``_read_side``) and
+  ``beam_job.expected`` parse the same records (the same payload objects), from one download of each file."""
+
+  @functools.lru_cache(maxsize=None)
+  def read(path: str) -> Tuple[tfrecord.Record, ...]:
+    sources.check_supported(path, compression)
+    return tuple(sources.read_file(path, compression))
+
+  return read
+
+
 def _read_side(files: List[str], flag: str, compression: str, on_corrupt: str, prefix: str,
                select, group_by: Optional[str] = None, missing_group: str = "fail", side: str = "left",
-               missing: Optional[list] = None) -> Tuple[planning.SideStats, list]:
+               missing: Optional[list] = None, read=None) -> Tuple[planning.SideStats, list]:
   """A side's stats and records ``(path, index, prepared)``, or ``(path, index, prepared, key)`` with
   ``group_by``; records without a key fail as in the job or, skipped, go to ``missing`` (and ``bad``)."""
   good, bad, records, size, keys, groups = {}, {}, [], 0, set(), {}
+  read = _reader(compression) if read is None else read
   for path in files:
-    sources.check_supported(path, compression)
-    for record in sources.read_file(path, compression):
+    for record in read(path):
       problem = record.problem
       if record.payload is not None:
         key = None
@@ -269,11 +282,12 @@ class _Picking:
 
 
 def _independent(left_files: List[str], right_files: Optional[List[str]], settings: dict,
-                 self_join: Optional[str], summary: dict) -> Tuple[expected.Expected, List[expected.Cell]]:
+                 self_join: Optional[str], summary: dict, read) -> Tuple[expected.Expected, List[expected.Cell]]:
   """The expected output by ``beam_job.expected`` alone (none of the job's preparing, planning or merging):
-  the inputs read again, the options verify checks with, and the cells of the summary's grid."""
-  left = expected.read_side(left_files, settings["compression"])
-  right = None if right_files is None else expected.read_side(right_files, settings["compression"])
+  the inputs (read once, shared with the job's preparation), the options verify checks with, and the cells of
+  the summary's grid."""
+  left = expected.read_side(left_files, settings["compression"], read=read)
+  right = None if right_files is None else expected.read_side(right_files, settings["compression"], read=read)
   independent = expected.Expected(left, right, expected.Options.from_flags(settings, self_join))
   for side, field in zip(independent.sides, ("left_records", "right_records")):
     if len(side.payloads) != summary.get(field):
@@ -295,13 +309,14 @@ def _wanted(independent: expected.Expected, cell: expected.Cell, pairs: int, eve
 
 
 def _independent_grouped(left_files: List[str], right_files: Optional[List[str]], settings: dict,
-                         self_join: Optional[str], summary: dict) -> expected.GroupedExpected:
+                         self_join: Optional[str], summary: dict, read) -> expected.GroupedExpected:
   """The expected grouped (or K per left) output by ``beam_job.expected`` alone, its counts checked against the
   summary's."""
   options = expected.Options.from_flags(settings, self_join)
   names = options.group_names or (None, None)
-  left = expected.read_side(left_files, settings["compression"], names[0])
-  right = None if right_files is None else expected.read_side(right_files, settings["compression"], names[1])
+  left = expected.read_side(left_files, settings["compression"], names[0], read=read)
+  right = None if right_files is None else expected.read_side(right_files, settings["compression"], names[1],
+                                                               read=read)
   independent = expected.GroupedExpected(left, right, options)
   for side, field in zip(independent.sides, ("left_records", "right_records")):
     if len(side.payloads) != summary.get(field):
@@ -694,10 +709,11 @@ def _verify(output: str, summary: dict, given: dict, settings: dict, differ: Lis
   if options.grouped:
     return _verify_grouped(output, summary, options, self_join, left_files, right_files, compression, differ, args,
                            settings)
+  read = _reader(compression)
   left_stats, left = _read_side(left_files, "--left", compression, on_corrupt, options.prefixes[0],
-                                options.selects[0])
+                                options.selects[0], read=read)
   right_stats, right = _read_side(right_files or left_files, "--right" if right_files else "--left", compression,
-                                  on_corrupt, options.prefixes[1], options.selects[1])
+                                  on_corrupt, options.prefixes[1], options.selects[1], read=read)
   plan = planning.make_plan(left_stats, right_stats, **options.plan_options(self_join))
   index_names = options.index_names()
   left, right = _ordered(left, plan, 0, index_names[0]), _ordered(right, plan, 1, index_names[1])
@@ -709,7 +725,7 @@ def _verify(output: str, summary: dict, given: dict, settings: dict, differ: Lis
   sampled = plan.sample_rate < 1
   full = plan.pairs <= args.full_check_max
   plan_cells = plan.cells
-  independent, expected_cells = _independent(left_files, right_files, settings, self_join, summary)
+  independent, expected_cells = _independent(left_files, right_files, settings, self_join, summary, read)
   if len(expected_cells) != len(plan_cells):
     raise VerifyError(f"the summary's grid {json.dumps(summary.get('grid'))} has {len(expected_cells):,} cells "
                       f"with pairs, the plan {len(plan_cells):,}")
@@ -775,12 +791,13 @@ def _verify_grouped(output: str, summary: dict, options: PairOptions, self_join:
   plan knows the count). Records are also checked against ``beam_job.expected`` (``_GroupChecking``)."""
   names_by = options.group_names or (None, None)
   on_corrupt, missing = options.on_corrupt, []
+  read = _reader(compression)
   left_stats, left = _read_side(left_files, "--left", compression, on_corrupt, options.prefixes[0],
-                                options.selects[0], names_by[0], options.missing_group, "left", missing)
+                                options.selects[0], names_by[0], options.missing_group, "left", missing, read)
   right_missing = [] if right_files else None
   right_stats, right = _read_side(right_files or left_files, "--right" if right_files else "--left", compression,
                                   on_corrupt, options.prefixes[1], options.selects[1], names_by[1],
-                                  options.missing_group, "right" if right_files else "left", right_missing)
+                                  options.missing_group, "right" if right_files else "left", right_missing, read)
   missing += right_missing or []
   plan = plan_stage._plan(left_stats, right_stats, options.plan_options(self_join),  # pylint: disable=protected-access
                           grouped=plan_stage._grouped_options(options, self_join))  # pylint: disable=protected-access
@@ -798,7 +815,7 @@ def _verify_grouped(output: str, summary: dict, options: PairOptions, self_join:
   shard_count = grouped.shard_count
   compare = set(range(shard_count)) if full else set(
       random.Random(args.verify_seed).sample(range(shard_count), min(args.sample_shards, shard_count)))
-  checking = _GroupChecking(_independent_grouped(left_files, right_files, settings, self_join, summary), args)
+  checking = _GroupChecking(_independent_grouped(left_files, right_files, settings, self_join, summary, read), args)
   total = record_bytes = 0
   for cell in grouped.cells():
     path = names[cell.shard]
