@@ -35,7 +35,12 @@ def main(argv: Optional[List[str]] = None) -> int:
   if summary is None:
     print(f"error: no finished run under {argv[0]} ({outputs.summary_path(argv[0])} is missing)", file=sys.stderr)
     return 1
-  print(to_text(summary))
+  try:
+    print(to_text(summary))
+  except (KeyError, TypeError, IndexError) as e:
+    print(f"error: {outputs.summary_path(argv[0])} is not a summary of this job (field {e} missing or malformed)",
+          file=sys.stderr)
+    return 1
   return 0
 
 

@@ -531,6 +531,19 @@ def _read_summary(output: str) -> dict:
     raise VerifyError(f"{path} is not JSON ({e})") from None
   if not isinstance(summary, dict):
     raise VerifyError(f"{path} is not a JSON object")
+  # The parts verify reads its settings from: a damaged summary is a one-line failure, not a traceback.
+  inputs = summary.get("inputs")
+  shapes = [("options", summary.get("options", {}), dict), ("inputs", inputs, (dict, type(None)))]
+  for side in ("left", "right"):
+    recorded = inputs.get(side) if isinstance(inputs, dict) else None
+    if recorded is not None:
+      shapes += [(f"inputs.{side}", recorded, dict)]
+      if isinstance(recorded, dict):
+        shapes += [(f"inputs.{side}.files", recorded.get("files"), dict),
+                   (f"inputs.{side}.patterns", recorded.get("patterns"), list)]
+  for field, value, kind in shapes:
+    if not isinstance(value, kind):
+      raise VerifyError(f"{path}: its field {field} is missing or malformed")
   return summary
 
 

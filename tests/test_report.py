@@ -29,3 +29,11 @@ def test_report_without_a_finished_run_is_one_line(tmp_path, capsys):
   assert report.main([str(tmp_path / "nothing")]) == 1
   assert capsys.readouterr().err == (f"error: no finished run under {tmp_path}/nothing ({tmp_path}/nothing-summary.json "
                                      "is missing)\n")
+
+
+def test_report_of_a_summary_missing_a_field_is_one_line(tmp_path, capsys):
+  prefix = str(tmp_path / "pairs")
+  open(f"{prefix}-summary.json", "w").write('{"pairs": 1}')
+  assert report.main([prefix]) == 1
+  assert capsys.readouterr().err == (f"error: {prefix}-summary.json is not a summary of this job (field 'shards' "
+                                     "missing or malformed)\n")

@@ -557,3 +557,17 @@ def test_a_name_on_both_sides_is_refused_under_error_and_prefix_and_a_nan_equals
   assert expected.Expected(left, right, expected.Options(collision="left")).problem(output, (0, 0)) is None
   assert expected.Expected(left, right, expected.Options(collision="right")).problem(output, (0, 0)) == (
       "feature 'id' is int64_list [1], expected int64_list [3]")
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda s: s["inputs"]["left"].pop("files"), "inputs.left.files"),
+    (lambda s: s.update(inputs=[]), "inputs"),
+    (lambda s: s.update(options=[]), "options"),
+], ids=["no_files", "inputs_a_list", "options_a_list"])
+def test_a_malformed_summary_is_a_one_line_failure(change, field, output, capsys):
+  prefix, _, run = output("grid")
+  path = f"{prefix}-summary.json"
+  summary = json.load(open(path))
+  change(summary)
+  open(path, "w").write(json.dumps(summary))
+  assert _failure(run, capsys) == f"verify failed: {path}: its field {field} is missing or malformed\n"
