@@ -343,3 +343,14 @@ def test_a_failing_multi_processing_run_prints_only_the_error_line(left, tmp_pat
                         check=False)
   assert (proc.returncode, proc.stdout, proc.stderr) == (
       2, "", f"error: corrupt input {bad}: {expected} (--on_corrupt skip leaves it out)\n")
+
+
+def test_a_skipped_payload_that_is_not_an_example_is_logged_like_a_bad_frame(tmp_path, caplog):
+  (tmp_path / "in").mkdir()
+  bad, offset = _with_a_bad_payload(tmp_path / "in" / "bad.tfrecord")
+  with caplog.at_level("WARNING", logger="beam_job"):
+    summary = cli.run(["--left", bad, "--output", str(tmp_path / "out" / "pairs"), "--on_corrupt", "skip",
+                       "--collision", "prefix"])
+  assert summary["corrupt_records"] == 1
+  assert f"skipping corrupt input {bad}: record 2 (byte {offset}): {NOT_AN_EXAMPLE_PROBLEM}" in [
+      record.getMessage() for record in caplog.records]

@@ -2,6 +2,7 @@
 (``planning.SideStats``) tallied in the same pass; records travel on as bytes only."""
 
 import collections
+import logging
 from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -12,6 +13,8 @@ from beam_job.errors import JobError
 from beam_job.planning import SIDES
 from beam_job.stages import NAMESPACE
 from beam_job.stages.read import Corrupt, Record
+
+_LOG = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
   from beam_job.transforms import PairOptions
@@ -123,6 +126,7 @@ class _PrepareFn(beam.DoFn):
         if self._on_corrupt == "fail":
           self._finder.close()
           raise JobError(sources.corrupt_input(source, index, offset, str(e), kind=kind)) from None
+        _LOG.warning("skipping corrupt input %s", sources.describe_record(source, index, offset, str(e), kind=kind))
       else:
         self._tally.add(source, index, prepared)
         if key is not None:
