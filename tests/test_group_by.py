@@ -473,8 +473,8 @@ def _bad_keys(tmp_path, left_values, right_values):
 def test_a_misspelt_key_under_missing_group_skip_is_an_error_and_the_dry_run_lists_it(tmp_path, capsys):
   argv = _bad_keys(tmp_path, [1, 2, 3], [1, 2]) + ["--left_group_by", "zipp", "--right_group_by", "postcode",
                                                   "--missing_group", "skip"]
-  problem = ("no left record holds a group key 'zipp' (3 left out by --missing_group skip): check the name given "
-             "to --group_by or --left_group_by")
+  problem = ("no left record holds a group key 'zipp' (3 record(s) left out, without a key or corrupt): check the "
+             "name given to --group_by or --left_group_by")
   capsys.readouterr()
   assert cli.main(argv) == 2
   assert capsys.readouterr().err == f"error: {problem}\n"

@@ -34,8 +34,8 @@ def _key_problems(left_stats: planning.SideStats, right_stats: planning.SideStat
   for side, stats, name in sides:
     if not stats.groups and stats.bad:
       skipped = sum(len(indexes) for indexes in stats.bad.values())
-      return [f"no {side} record holds a group key {name!r} ({skipped:,} left out by --missing_group skip): "
-              f"check the name given to --group_by or --{side}_group_by"]
+      return [f"no {side} record holds a group key {name!r} ({skipped:,} record(s) left out, without a key or "
+              f"corrupt): check the name given to --group_by or --{side}_group_by"]
   if self_join is None and left_stats.groups and right_stats.groups:
     kinds = [{key[0] for key in stats.groups} for stats in (left_stats, right_stats)]
     if len(kinds[0]) == len(kinds[1]) == 1 and kinds[0] != kinds[1]:
