@@ -588,7 +588,10 @@ def _files(side: str, given: dict, summary: dict, differ: List[str]) -> Optional
   inputs = summary.get("inputs")
   recorded = inputs.get(side) if inputs else None
   if side in given:
-    files = sources.match_files(sources.split_patterns(given[side]), flag)
+    try:
+      files = sources.match_files(sources.split_patterns(given[side]), flag)
+    except JobError as e:  # a pattern given on the command line that matches nothing: the command is wrong
+      raise UsageError(str(e)) from None
     if inputs and (recorded is None or sorted(recorded["files"]) != files):
       read = f"{len(recorded['files'])} file(s) of {_show(recorded['patterns'])}" if recorded else "no such side"
       differ.append(f"{flag} {given[side]} ({len(files)} file(s); the run read {read})")

@@ -571,3 +571,11 @@ def test_a_malformed_summary_is_a_one_line_failure(change, field, output, capsys
   change(summary)
   open(path, "w").write(json.dumps(summary))
   assert _failure(run, capsys) == f"verify failed: {path}: its field {field} is missing or malformed\n"
+
+
+def test_an_input_flag_matching_nothing_is_a_usage_error(output, tmp_path, capsys):
+  prefix, _, run = output("grid")
+  capsys.readouterr()
+  assert run("--left", str(tmp_path / "nothing.tfrecord")) == 2
+  err = capsys.readouterr().err
+  assert err == f"error: --left pattern '{tmp_path}/nothing.tfrecord' matches no file\n"
