@@ -15,7 +15,7 @@ from beam_job.errors import JobError
 from beam_job.flags import COLLISIONS, DEFAULTS, MISSING_GROUP, ON_CORRUPT, OUTPUT_COMPRESSIONS, STRATEGIES
 from beam_job.stages.finalize import Finalize
 from beam_job.stages.plan import DescribePlan, Plan
-from beam_job.stages.prepare import PreparedSide, PrepareSide
+from beam_job.stages.prepare import GatherStats, PreparedSide, PrepareSide
 from beam_job.stages.read import Corrupt, ReadExamples
 from beam_job.stages.write import WriteCells
 
@@ -213,7 +213,7 @@ class CrossProduct(beam.PTransform):
     options = self._options
     # read (ReadExamples, before this transform) -> prepare -> plan -> write cells -> finalize
     sides, self_join = _prepare(options, inputs)
-    stats = (sides[0].stats, sides[1].stats)
+    stats = (sides[0].tallies, sides[1].tallies) | "Stats" >> GatherStats()
     plan = stats | "Plan" >> Plan(options, self_join, self._token)
     cells = (sides[0].records, sides[1].records) | "WriteCells" >> WriteCells(options, self_join, plan)
     read = sides if isinstance(inputs, tuple) else sides[:1]  # the sides read from their own records
@@ -238,4 +238,5 @@ class DescribePairs(beam.PTransform):
     sides, self_join = _prepare(lenient, inputs)
     read = sides if isinstance(inputs, tuple) else sides[:1]
     left_out = tuple(side.corrupt for side in read) | "LeftOut" >> beam.Flatten()
-    return (sides[0].stats, sides[1].stats) | "DescribePlan" >> DescribePlan(options, self_join, left_out)
+    stats = (sides[0].tallies, sides[1].tallies) | "Stats" >> GatherStats()
+    return stats | "DescribePlan" >> DescribePlan(options, self_join, left_out)

@@ -1,6 +1,6 @@
 """Side-by-side benchmark: the nested-loop script, the naive Beam pipeline, this job, and a raw write.
 
-    .venv/bin/python benchmarks/run.py --sizes 1000 3000 [--skip naive] [--workdir /tmp/pairs-bench]
+    .venv/bin/python benchmarks/run.py --sizes 1000 3000 [--skip naive] [--workdir /tmp/pairs-bench] [--repeat N]
 
 For each size N it writes N left and N right records of about 100 bytes (the same four feature names on both
 sides: an int64 id, 8 floats, a short string, a small int), then times each contender as a whole process,
@@ -69,7 +69,7 @@ def canonical(paths):
   return sorted(records)
 
 
-def bench(size: int, workdir: str, skip, check_max: int):
+def bench(size: int, workdir: str, skip, check_max: int, repeat: int = 1):
   folder = os.path.join(workdir, f"n{size}")
   shutil.rmtree(folder, ignore_errors=True)
   os.makedirs(folder)
@@ -87,17 +87,27 @@ def bench(size: int, workdir: str, skip, check_max: int):
     out = os.path.join(folder, "naive", "pairs")
     rows["naive Beam (AsList + FlatMap)"] = timed(
         [python, os.path.join(HERE, "naive_beam.py"), left, right, out], env) + (output_bytes(out + "*"),)
-  rows["trivial two-input Beam pipeline"] = timed(
-      [python, os.path.join(HERE, "trivial_beam.py"), left, right], env) + (0,)
+  # The trivial pipeline, the job and the raw write of its bytes in turn, ``repeat`` times: each row is the run
+  # of median wall time (on a VM the time to write fresh pages varies several-fold from one run to the next).
   out = os.path.join(folder, "job", "pairs")
-  rows["this job (python -m beam_job)"] = timed(
-      [python, "-m", "beam_job", "--left", left, "--right", right, "--output", out, "--collision", "prefix"],
-      env) + (output_bytes(out + "-*.tfrecord"),)
-  job_bytes = rows["this job (python -m beam_job)"][2]
   raw = os.path.join(folder, "raw.bin")
-  rows["raw write (dd from memory)"] = timed(
-      ["dd", "if=/dev/zero", f"of={raw}", "bs=1M", f"count={max(1, job_bytes >> 20)}", "status=none"]) + (
-          max(1, job_bytes >> 20) << 20,)
+  rounds = {"trivial two-input Beam pipeline": [], "this job (python -m beam_job)": [],
+            "raw write (dd from memory)": []}
+  for _ in range(repeat):
+    rounds["trivial two-input Beam pipeline"].append(timed(
+        [python, os.path.join(HERE, "trivial_beam.py"), left, right], env) + (0,))
+    rounds["this job (python -m beam_job)"].append(timed(
+        [python, "-m", "beam_job", "--left", left, "--right", right, "--output", out, "--collision", "prefix",
+         "--overwrite"], env) + (output_bytes(out + "-*.tfrecord"),))
+    job_bytes = rounds["this job (python -m beam_job)"][-1][2]
+    if os.path.exists(raw):
+      os.remove(raw)
+    rounds["raw write (dd from memory)"].append(timed(
+        ["dd", "if=/dev/zero", f"of={raw}", "bs=1M", f"count={max(1, job_bytes >> 20)}", "status=none"]) + (
+            max(1, job_bytes >> 20) << 20,))
+  for name, runs in rounds.items():
+    rows[name] = sorted(runs)[(len(runs) - 1) // 2]
+  job_bytes = rows["this job (python -m beam_job)"][2]
   pairs = size * size
   print(f"\n{size} x {size} = {pairs:,} pairs, {job_bytes / 1e6:,.0f} MB")
   print(f"{'contender':36} {'wall s':>8} {'pairs/s':>12} {'MB/s':>8} {'peak RSS MB':>12}")
@@ -110,7 +120,8 @@ def bench(size: int, workdir: str, skip, check_max: int):
       print(f"this job is {wall / job_wall:.1f}x faster than {name}")
   raw_wall, trivial_wall = rows["raw write (dd from memory)"][0], rows["trivial two-input Beam pipeline"][0]
   print(f"raw write time / job time = {raw_wall / job_wall:.2f}")
-  print(f"the job's own fixed cost (job - trivial Beam pipeline - raw write) = {job_wall - trivial_wall - raw_wall:.2f} s")
+  print(f"the job's own fixed cost (job - trivial Beam pipeline - raw write) = {job_wall - trivial_wall - raw_wall:.2f} s"
+        + (f" (medians of {repeat} runs each)" if repeat > 1 else ""))
   if "nested" not in skip and pairs <= check_max:
     same = canonical([os.path.join(folder, "nested.tfrecord")]) == canonical(
         sorted(glob.glob(out + "-*.tfrecord")))
@@ -126,9 +137,11 @@ def main():
   parser.add_argument("--workdir", default="/tmp/pairs-bench")
   parser.add_argument("--skip", nargs="*", default=[], choices=["nested", "naive"])
   parser.add_argument("--check_max", type=int, default=1_000_000)
+  parser.add_argument("--repeat", type=int, default=1, help="runs of the trivial pipeline, the job and the raw "
+                      "write, in turn; the median of each is shown")
   args = parser.parse_args()
   for size in args.sizes:
-    bench(size, args.workdir, set(args.skip), args.check_max)
+    bench(size, args.workdir, set(args.skip), args.check_max, args.repeat)
 
 
 if __name__ == "__main__":

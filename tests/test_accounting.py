@@ -91,6 +91,23 @@ def test_a_record_repeated_on_its_way_to_a_cell_fails(small, tmp_path, monkeypat
                      r"cell \(0, 0\) received 5 right record\(s\) \(distinct 4\), the plan routes 4")
 
 
+@pytest.mark.parametrize("change, message", [
+    ("lose", r"the broadcast side received 3 right record\(s\), the plan has 4"),
+    ("repeat", r"the broadcast side received right record 1 twice")])
+def test_a_broadcast_record_lost_or_repeated_fails(small, tmp_path, monkeypatch, change, message):
+  process = write._RouteFn.process
+
+  def changed(self, element, plan):
+    if element[0].endswith("right.tfrecord") and element[1] == 1:
+      if change == "lose":
+        return
+      yield from process(self, element, plan)
+    yield from process(self, element, plan)
+
+  monkeypatch.setattr(write._RouteFn, "process", changed)
+  _fails_unpublished(small + ["--strategy", "broadcast"], tmp_path / "out" / "p", message)
+
+
 def test_the_checks_pass_untouched_and_count_corrupt_records_once(tmp_path):
   left = str(tmp_path / "left.tfrecord")
   write_tfrecord(left, [make_example({"a": [i]}) for i in range(3)] + [b"\x10\x01"] + [make_example({"a": [9]})])
@@ -138,9 +155,8 @@ def test_the_multi_threaded_mode_is_refused_before_reading(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
-def test_a_file_that_appears_while_the_job_runs_fails_it(tmp_path, monkeypatch):
-  """The summary lists the files matched when the job started (``beam_job.verify`` reads them again); a file
-  that the read step matches but the start did not would be in the output and not in the summary."""
+def _appearing_file(tmp_path, monkeypatch):
+  """Inputs where b.tfrecord, matched by the left pattern, appears after the job's start matched it."""
   folder = tmp_path / "in"
   folder.mkdir()
   write_tfrecord(str(folder / "a.tfrecord"), [make_example({"a": [1]})])
@@ -152,8 +168,32 @@ def test_a_file_that_appears_while_the_job_runs_fails_it(tmp_path, monkeypatch):
 
   monkeypatch.setattr(cli.sources, "match_sizes", before_b_appeared)
   write_tfrecord(str(folder / "b.tfrecord"), [make_example({"a": [3]})])
-  out = tmp_path / "out"
-  out.mkdir()
-  _fails_unpublished(["--left", str(folder / "[ab].tfrecord"), "--right", str(folder / "right.tfrecord")],
-                     out / "pairs", f"input {folder}/b.tfrecord was read but not matched by the left patterns when "
-                     r"the job started \(it appeared while the job ran\); rerun the job")
+  return folder
+
+
+def test_the_job_reads_the_files_its_start_matched_and_the_summary_lists(tmp_path, monkeypatch):
+  """The summary lists the files matched when the job started (``beam_job.verify`` reads them again), and the
+  job reads exactly those: a file that appears while the job runs is not read."""
+  folder = _appearing_file(tmp_path, monkeypatch)
+  summary = cli.run(["--left", str(folder / "[ab].tfrecord"), "--right", str(folder / "right.tfrecord"),
+                     "--output", str(tmp_path / "out" / "pairs")])
+  assert list(summary["inputs"]["left"]["files"]) == [str(folder / "a.tfrecord")]
+  assert (summary["left_records"], summary["pairs"]) == (1, 1)
+
+
+def test_a_file_read_but_not_in_the_inputs_given_to_cross_product_fails_it(tmp_path, monkeypatch):
+  """From Python, ``CrossProduct(inputs=...)`` records the files given; a source it reads that is not among them
+  (a pattern matched again later) would be in the output and not in the summary."""
+  import apache_beam as beam  # pylint: disable=import-outside-toplevel
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+  from beam_job import CrossProduct, ReadExamples  # pylint: disable=import-outside-toplevel
+  folder = _appearing_file(tmp_path, monkeypatch)
+  patterns = {"left": [str(folder / "[ab].tfrecord")], "right": [str(folder / "right.tfrecord")]}
+  inputs = {"compression": "auto", **{side: {"patterns": patterns[side], "files": cli.sources.match_sizes(
+      patterns[side], f"--{side}")} for side in ("left", "right")}}
+  options = PipelineOptions([])
+  with pytest.raises(Exception, match=f"input {folder}/b.tfrecord was read but not matched by the left patterns "
+                                      r"when the job started \(it appeared while the job ran\); rerun the job"):
+    with beam.Pipeline(runner=cli.local_runner(options), options=options) as p:
+      _ = ((p | "L" >> ReadExamples(patterns["left"]), p | "R" >> ReadExamples(patterns["right"]))
+           | CrossProduct(str(tmp_path / "out" / "pairs"), inputs=inputs))

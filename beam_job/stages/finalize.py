@@ -11,7 +11,6 @@ from apache_beam.pvalue import AsList, AsSingleton
 from beam_job import output_schema, outputs, planning, publish, sinks
 from beam_job.errors import JobError
 from beam_job.planning import SIDES
-from beam_job.stages.read import Corrupt
 
 if TYPE_CHECKING:
   from beam_job.transforms import PairOptions
@@ -88,15 +87,19 @@ class _FinalizeFn(beam.DoFn):
     self._self_join = self_join
     self._inputs = inputs
 
-  def process(self, plan: planning.Plan, results: List[Dict[str, Any]], corrupt: List[Tuple[str, int, Corrupt]],
-              counts: List[Tuple[str, int]], left_stats: planning.SideStats,
-              right_stats: planning.SideStats) -> Iterable[Dict[str, Any]]:
+  def process(self, plan: planning.Plan, results: List[Dict[str, Any]],
+              stats: Tuple[planning.SideStats, planning.SideStats], *per_side: List) -> Iterable[Dict[str, Any]]:
+    """``per_side``: each side read's corrupt records, ``(source, index, Corrupt)``, then its read counts,
+    ``(side, count)`` per bundle."""
     options, output, token = self._options, self._options.output, plan.run
+    left_stats, right_stats = stats
     results = sorted(results, key=lambda r: r["shard"])
-    corrupt = list(corrupt)
+    sides = len(per_side) // 2
+    corrupt = [record for records in per_side[:sides] for record in records]
     read = collections.Counter()
-    for side, count in counts:  # per bundle
-      read[side] += count
+    for counts in per_side[sides:]:
+      for side, count in counts:
+        read[side] += count
     _check_results(plan, results, read, len(corrupt))
     if self._inputs is not None:
       _check_sources(plan, self._inputs)
@@ -151,8 +154,8 @@ class _FinalizeFn(beam.DoFn):
 
 
 class Finalize(beam.PTransform):
-  """Applied to ``{"plan": ..., "cells": ..., "stats": (left, right), "corrupt": (...), "read": (...)}``: the
-  plan singleton, ``WriteCells``' results, both sides' ``SideStats``, and the corrupt records and read counts
+  """Applied to ``{"plan": ..., "cells": ..., "stats": ..., "corrupt": (...), "read": (...)}``: the plan
+  singleton, ``WriteCells``' results, the ``(left, right)`` ``SideStats`` singleton, and the corrupt records and read counts
   of each side read (``PreparedSide.corrupt``, ``.read``). Outputs the published summary, a dict."""
 
   def __init__(self, options: "PairOptions", self_join: Optional[str], inputs: Optional[dict]):
@@ -160,9 +163,8 @@ class Finalize(beam.PTransform):
     self._options, self._self_join, self._inputs = options, self_join, inputs
 
   def expand(self, job) -> beam.PCollection[Dict[str, Any]]:
-    corrupt = job["corrupt"] | "AllCorrupt" >> beam.Flatten()
-    counts = job["read"] | "AllCounts" >> beam.Flatten()
-    left_stats, right_stats = job["stats"]
+    # One side input per PCollection: flattening them first would cost a stage of its own.
+    per_side = [AsList(pcoll) for pcoll in (*job["corrupt"], *job["read"])]
     return job["plan"] | "Publish" >> beam.ParDo(
-        _FinalizeFn(self._options, self._self_join, self._inputs), AsList(job["cells"]), AsList(corrupt),
-        AsList(counts), AsSingleton(left_stats), AsSingleton(right_stats))
+        _FinalizeFn(self._options, self._self_join, self._inputs), AsList(job["cells"]), AsSingleton(job["stats"]),
+        *per_side)

@@ -4,7 +4,7 @@ side input. In a real run the plan step also starts the run; under ``--dry_run``
 import dataclasses
 import json
 import uuid
-from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.pvalue import AsList, AsSingleton
@@ -73,12 +73,13 @@ def _grouped(plan: planning.Plan, left_stats: planning.SideStats, right_stats: p
                              estimated_bytes=int(cells.pairs * pair_bytes), problems=tuple(problems))
 
 
-def _plan(left_stats: planning.SideStats, right_stats: planning.SideStats, options: dict,
-          run: Optional[_Run] = None, token: Optional[str] = None, grouped: Optional[dict] = None) -> planning.Plan:
-  """Plans the job. In a real run (``run``) it then starts the run: takes the lease (idempotent, so a retry is
+def _plan(stats: Tuple[planning.SideStats, planning.SideStats], options: dict, run: Optional[_Run] = None,
+          token: Optional[str] = None, grouped: Optional[dict] = None) -> planning.Plan:
+  """Plans the job from both sides' stats. In a real run (``run``) it then starts the run: takes the lease (idempotent, so a retry is
   harmless; the CLI took it already), rolls back dead runs, refuses an earlier output without --overwrite, and
   leaves the plan's totals in the run's temporary folder for progress displays. ``grouped``: the options of a
   grouped plan (``PairOptions.grouped_options``, and ``by_key``), None for the full product."""
+  left_stats, right_stats = stats
   if grouped is None:
     plan = planning.make_plan(left_stats, right_stats, **options)
   else:
@@ -104,8 +105,8 @@ def _grouped_options(options: "PairOptions", self_join: Optional[str]) -> Option
 
 
 class Plan(beam.PTransform):
-  """Applied to ``(left_stats, right_stats)`` (``planning.SideStats`` singletons): the plan, with the run's
-  token as its ``run``, once the run has begun (see ``_plan``).
+  """Applied to the ``(left, right)`` ``planning.SideStats`` singleton (``GatherStats``): the plan, with the
+  run's token as its ``run``, once the run has begun (see ``_plan``).
 
   The token names the run's lease and temporary folder. It is chosen when the pipeline runs, in a stage of its
   own, so that a retried plan step sees the token it began with; a caller that is itself one run (the CLI)
@@ -116,17 +117,16 @@ class Plan(beam.PTransform):
     self._options, self._self_join, self._token = options, self_join, token
 
   def expand(self, stats) -> beam.PCollection[planning.Plan]:
-    left_stats, right_stats = stats
     options = self._options
-    token = self._token or AsSingleton(left_stats.pipeline | "RunToken" >> beam.Create([None])
+    token = self._token or AsSingleton(stats.pipeline | "RunToken" >> beam.Create([None])
                                        | "ChooseToken" >> beam.Map(_new_token))
     run = _Run(options.output, options.overwrite, options.output_compression == "gzip")
-    return left_stats | "MakePlan" >> beam.Map(_plan, AsSingleton(right_stats), options.plan_options(self._self_join),
-                                               run, token, _grouped_options(options, self._self_join))
+    return stats | "MakePlan" >> beam.Map(_plan, options.plan_options(self._self_join), run, token,
+                                          _grouped_options(options, self._self_join))
 
 
 class DescribePlan(beam.PTransform):
-  """``--dry_run``: applied to ``(left_stats, right_stats)`` as ``Plan``, the plan's description
+  """``--dry_run``: applied to the stats singleton as ``Plan``, the plan's description
   (``describe.plan_description``), in which a failed check is a problem to report, not an error. It starts no
   run and writes nothing."""
 
@@ -135,10 +135,8 @@ class DescribePlan(beam.PTransform):
     self._options, self._self_join, self._left_out = options, self_join, left_out
 
   def expand(self, stats) -> beam.PCollection[Dict[str, Any]]:
-    left_stats, right_stats = stats
     options = dict(self._options.plan_options(self._self_join), dry_run=True)
     left_out = ([] if self._left_out is None else AsList(self._left_out | "LeftOut" >> beam.Map(
         lambda record: (record[0], record[1], record[2].problem, record[2].missing_group))))
-    return (left_stats | "Plan" >> beam.Map(_plan, AsSingleton(right_stats), options, None, None,
-                                            _grouped_options(self._options, self._self_join))
+    return (stats | "Plan" >> beam.Map(_plan, options, None, None, _grouped_options(self._options, self._self_join))
             | "Describe" >> beam.Map(describe.plan_description, self._options, left_out))

@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
+from apache_beam.pvalue import AsIter
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_job import examples, grouping, output_schema, planning, sources
@@ -71,7 +72,7 @@ class _Tally:
 class _PrepareFn(beam.DoFn):
   """Parses, filters and renames each record once, into ``(source, index, payload)``; bad payloads go to the
   ``corrupt`` output. What the plan and the schema need is tallied in the same pass and leaves once per bundle
-  (``stats``), so records travel on as bytes only.
+  (``tallies``), so records travel on as bytes only.
 
   With ``group_by`` (the side's group feature) the record's group key comes from the same parse and travels
   with it, ``(source, index, payload, key)``, and the side's records per key are tallied; a record without one
@@ -96,7 +97,7 @@ class _PrepareFn(beam.DoFn):
 
   def finish_bundle(self):
     self._finder.close()
-    yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value(self._tally))
+    yield beam.pvalue.TaggedOutput("tallies", GlobalWindows.windowed_value(self._tally))
 
   def process(self, element: Record):
     source, index, payload = element
@@ -159,31 +160,37 @@ class _CountFn(beam.DoFn):
     yield GlobalWindows.windowed_value((self._side, self._count))
 
 
-class _SideStatsFn(beam.CombineFn):
-  """Merges the per-bundle tallies of one side into its ``SideStats``."""
+def _side_stats(tallies: Iterable[_Tally]) -> planning.SideStats:
+  merged = _Tally()
+  for tally in tallies:
+    merged.merge(tally)
+  return merged.stats()
 
-  def create_accumulator(self) -> _Tally:
-    return _Tally()
 
-  def add_input(self, acc: _Tally, tally: _Tally) -> _Tally:
-    acc.merge(tally)
-    return acc
+def _both_stats(_, left: Iterable[_Tally], right: Iterable[_Tally],
+                same: bool) -> Tuple[planning.SideStats, planning.SideStats]:
+  stats = _side_stats(left)
+  return stats, stats if same else _side_stats(right)
 
-  def merge_accumulators(self, accumulators: Iterable[_Tally]) -> _Tally:
-    merged = _Tally()
-    for acc in accumulators:
-      merged.merge(acc)
-    return merged
 
-  def extract_output(self, acc: _Tally) -> planning.SideStats:
-    return acc.stats()
+class GatherStats(beam.PTransform):
+  """Applied to the two sides' per-bundle tallies (``PreparedSide.tallies``; the same PCollection twice for a
+  self-join prepared once): one ``(left, right)`` pair of ``planning.SideStats``, a singleton.
+
+  One step merges the tallies as it iterates them (``AsIter``), driven by an impulse, so the pair exists even
+  when a side has no bundle at all; a ``CombineGlobally`` per side would cost several stages each."""
+
+  def expand(self, tallies) -> beam.PCollection[Tuple[planning.SideStats, planning.SideStats]]:
+    left, right = tallies
+    return (left.pipeline | "Start" >> beam.Create([None])
+            | "Merge" >> beam.Map(_both_stats, AsIter(left), AsIter(right), left is right))
 
 
 class PreparedSide(NamedTuple):
   """What ``PrepareSide`` makes of one side's records."""
   records: beam.PCollection  # of (source, index, prepared payload): Tuple[str, int, bytes] (and key, grouped)
   corrupt: beam.PCollection  # of (source, index, Corrupt), for the dead-letter list
-  stats: beam.PCollection  # the side's planning.SideStats, a singleton
+  tallies: beam.PCollection  # what each bundle learned about the side, for GatherStats
   read: Optional[beam.PCollection]  # of (side name, records read) per bundle; None unless the side is read here
 
 
@@ -204,7 +211,6 @@ class PrepareSide(beam.PTransform):
         side, options.prefixes[side], options.on_corrupt, options.selects[side], self._read, group_by,
         options.missing_group)).with_output_types(
             Tuple[str, int, bytes] if group_by is None else Tuple[str, int, bytes, bytes]).with_outputs(
-                "corrupt", "stats", main="records")
-    stats = prepared.stats | "Stats" >> beam.CombineGlobally(_SideStatsFn())
+                "corrupt", "tallies", main="records")
     read = records | "CountRead" >> beam.ParDo(_CountFn(SIDES[side])) if self._read else None
-    return PreparedSide(prepared.records, prepared.corrupt, stats, read)
+    return PreparedSide(prepared.records, prepared.corrupt, prepared.tallies, read)

@@ -1,7 +1,7 @@
 """Read: TFRecord files into ``(path, index, payload)`` records, the input of ``CrossProduct``."""
 
 import logging
-from typing import Iterable, List, NamedTuple, Tuple, Union
+from typing import Iterable, List, NamedTuple, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -52,22 +52,30 @@ class _ReadFileFn(beam.DoFn):
 
 class ReadExamples(beam.PTransform):
   """Reads TFRecord files into ``(path, index, payload)``; with ``on_corrupt='skip'`` a bad frame becomes
-  ``(path, index, Corrupt)`` so that it is counted and reported downstream, never dropped silently."""
+  ``(path, index, Corrupt)`` so that it is counted and reported downstream, never dropped silently.
 
-  def __init__(self, patterns: Iterable[str], compression: str = "auto", on_corrupt: str = "fail"):
+  ``files``, when given, are the files the patterns matched already (the CLI matches them before building the
+  pipeline, for the summary): they are read as they are, without matching the patterns again."""
+
+  def __init__(self, patterns: Iterable[str], compression: str = "auto", on_corrupt: str = "fail",
+               files: Optional[Iterable[str]] = None):
     super().__init__()
     if compression not in sources.COMPRESSIONS:
       raise JobError(f"--compression must be one of {', '.join(sources.COMPRESSIONS)}, not {compression!r}")
     if on_corrupt not in ON_CORRUPT:
       raise JobError(f"--on_corrupt must be one of {', '.join(ON_CORRUPT)}, not {on_corrupt!r}")
     self._patterns: List[str] = list(patterns)
+    self._files = None if files is None else sorted(set(files))
     self._compression = compression
     self._on_corrupt = on_corrupt
 
   def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Record]:
-    return (pbegin
-            | "Patterns" >> beam.Create(self._patterns)
-            | "Match" >> fileio.MatchAll()
-            | "Paths" >> beam.Map(lambda metadata: metadata.path)
-            | "Distinct" >> beam.Distinct()
-            | "ReadFrames" >> beam.ParDo(_ReadFileFn(self._compression, self._on_corrupt)))
+    if self._files is not None:  # Create spreads several files over workers (it reshuffles them)
+      paths = pbegin | "Files" >> beam.Create(self._files)
+    else:
+      paths = (pbegin
+               | "Patterns" >> beam.Create(self._patterns)
+               | "Match" >> fileio.MatchAll()
+               | "Paths" >> beam.Map(lambda metadata: metadata.path)
+               | "Distinct" >> beam.Distinct())
+    return paths | "ReadFrames" >> beam.ParDo(_ReadFileFn(self._compression, self._on_corrupt))

@@ -1,11 +1,13 @@
 """Write cells: each record routed to the cells of its row (left) or column (right), each cell's records
 grouped, and each cell written, where it is computed, to a temporary shard of its own."""
 
+import array
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.pvalue import AsIter, AsSingleton
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from beam_job import cells, examples, grouping, lease, outputs, planning, sampling, sinks
@@ -46,8 +48,6 @@ def _indexed(element: Prepared, side: int, plan: planning.Plan, index_name: Opti
 
 def _to_cells(element: Prepared, side: int, plan: planning.Plan, index_name: Optional[str]) -> Iterator[Routed]:
   """Sends a record to every cell of its row (left) or column (right) that has pairs."""
-  if side == 1 and plan.strategy == "broadcast":
-    return
   ordinal, payload = _indexed(element, side, plan, index_name)
   chunk = plan.chunk(side, ordinal)
   value = (ordinal * 2 + side, payload)
@@ -55,9 +55,49 @@ def _to_cells(element: Prepared, side: int, plan: planning.Plan, index_name: Opt
     yield shard, value
 
 
-def _broadcast_side(element: Prepared, plan: planning.Plan, index_name: Optional[str]) -> Iterator[Tuple[int, bytes]]:
-  if plan.strategy == "broadcast":
-    yield _indexed(element, 1, plan, index_name)
+# The broadcast right side travels in blocks of about this many payload bytes, each three byte strings (Beam's
+# Bytes coder): the ordinals and the payload lengths as native int64 arrays, and the payloads end to end. One
+# element per record cost the runner and every worker Python objects per record and per stage (about three
+# times the payloads, measured), for a side input each worker holds whole anyway.
+BROADCAST_BLOCK_BYTES = 4 << 20
+BroadcastBlock = Tuple[bytes, bytes, bytes]
+
+
+class _RouteFn(beam.DoFn):
+  """Routes each prepared record as each of ``sides`` (both for a self-join's one PCollection): to the cells of
+  its row or column, or, for the right side of a broadcast plan, into the blocks of the ``broadcast`` output."""
+
+  def __init__(self, sides: Tuple[int, ...], index_names: Tuple[Optional[str], Optional[str]]):
+    self._sides = sides
+    self._index_names = index_names
+
+  def start_bundle(self):
+    self._new_block()
+
+  def _new_block(self) -> None:
+    self._ordinals, self._lengths, self._payloads, self._size = array.array("q"), array.array("q"), [], 0
+
+  def _block(self) -> BroadcastBlock:
+    block = (self._ordinals.tobytes(), self._lengths.tobytes(), b"".join(self._payloads))
+    self._new_block()
+    return block
+
+  def process(self, element: Prepared, plan: planning.Plan):
+    for side in self._sides:
+      if side == 1 and plan.strategy == "broadcast":
+        ordinal, payload = _indexed(element, 1, plan, self._index_names[1])
+        self._ordinals.append(ordinal)
+        self._lengths.append(len(payload))
+        self._payloads.append(payload)
+        self._size += len(payload)
+        if self._size >= BROADCAST_BLOCK_BYTES:
+          yield beam.pvalue.TaggedOutput("broadcast", self._block())
+      else:
+        yield from _to_cells(element, side, plan, self._index_names[side])
+
+  def finish_bundle(self):
+    if self._payloads:
+      yield beam.pvalue.TaggedOutput("broadcast", GlobalWindows.windowed_value(self._block()))
 
 
 def _check_members(where: str, side: str, ordinals: List[int], expected: range) -> None:
@@ -80,11 +120,28 @@ def _records(members: List[Tuple[int, bytes]], with_keys: bool) -> List[Tuple[in
 
 
 class _BroadcastSide:
-  """The broadcast right side, sorted by ordinal, one copy per worker process (``shared.Shared``)."""
+  """The broadcast right side as ``(ordinal, Prepared)`` in ordinal order, one copy per worker process
+  (``shared.Shared``), each record placed at its ordinal as its block is read: no sort, and a record missing
+  or received twice fails the job."""
 
-  def __init__(self, elements: Iterable[Tuple[int, bytes]], right_count: int, with_keys: bool):
-    self.records = _records(list(elements), with_keys)
-    _check_members("the broadcast side", "right", [o for o, _ in self.records], range(right_count))
+  def __init__(self, blocks: Iterable[BroadcastBlock], right_count: int, with_keys: bool):
+    payloads: List[Optional[bytes]] = [None] * right_count
+    received = 0
+    for ordinals, lengths, block in blocks:
+      end = 0
+      for ordinal, length in zip(array.array("q", ordinals), array.array("q", lengths)):
+        payload, end = block[end:end + length], end + length
+        received += 1
+        if not 0 <= ordinal < right_count or payloads[ordinal] is not None:
+          raise RuntimeError(f"record accounting: the broadcast side received right record {ordinal} "
+                             f"{'twice' if 0 <= ordinal < right_count else 'which the plan does not have'} (the "
+                             f"plan has {right_count}); the runner lost or duplicated records")
+        payloads[ordinal] = payload
+    if received != right_count:
+      raise RuntimeError(f"record accounting: the broadcast side received {received} right record(s), the plan "
+                         f"has {right_count}; the runner lost or duplicated records between routing and the cell")
+    make = examples.from_payload if with_keys else lambda payload: examples.Prepared((), (), payload)
+    self.records = [(ordinal, make(payload)) for ordinal, payload in enumerate(payloads)]
 
 
 class _WriteCellFn(beam.DoFn):
@@ -99,7 +156,7 @@ class _WriteCellFn(beam.DoFn):
     self._bytes = beam.metrics.Metrics.counter(NAMESPACE, "bytes_written")
 
   def process(self, element: Tuple[int, Iterable[Tuple[int, bytes]]], plan: planning.Plan,
-              broadcast: Iterable[Tuple[int, bytes]]) -> Iterable[Dict[str, Any]]:
+              broadcast: Iterable[BroadcastBlock]) -> Iterable[Dict[str, Any]]:
     shard, members = element
     options, token = self._options, plan.run
     if time.time() - self._renewed > lease.RENEW_SECONDS:
@@ -299,11 +356,13 @@ class WriteCells(beam.PTransform):
       return (routed | "FlattenCells" >> beam.Flatten()
               | "GroupCells" >> beam.GroupByKey()
               | "WriteCell" >> beam.ParDo(_WriteGroupCellFn(self._options, self._self_join), AsSingleton(plan)))
-    routed = [side | f"To{SIDES[i].title()}Cells" >> beam.FlatMap(
-        _to_cells, i, AsSingleton(plan), index_names[i]).with_output_types(Routed) for i, side in enumerate(records)]
-    broadcast = records[1] | "Broadcast" >> beam.FlatMap(
-        _broadcast_side, AsSingleton(plan), index_names[1]).with_output_types(Tuple[int, bytes])
-    return (routed | "FlattenCells" >> beam.Flatten()
+    # One routing pass per PCollection: a self-join's records are routed as both sides at once.
+    sides = ((0, 1),) if records[0] is records[1] else ((0,), (1,))
+    routes = [records[group[0]] | f"To{''.join(SIDES[i].title() for i in group)}Cells" >> beam.ParDo(
+        _RouteFn(group, index_names), AsSingleton(plan)).with_output_types(
+            Routed, broadcast=BroadcastBlock).with_outputs("broadcast", main="cells") for group in sides]
+    broadcast = routes[-1].broadcast  # the routes of the right side's records: the last
+    return ([route.cells for route in routes] | "FlattenCells" >> beam.Flatten()
             | "GroupCells" >> beam.GroupByKey()
             | "WriteCell" >> beam.ParDo(_WriteCellFn(self._options, self._self_join), AsSingleton(plan),
                                         AsIter(broadcast)))
