@@ -94,14 +94,18 @@ def bench(size: int, workdir: str, skip, check_max: int, repeat: int = 1):
   rounds = {"trivial two-input Beam pipeline": [], "this job (python -m beam_job)": [],
             "raw write (dd from memory)": []}
   for _ in range(repeat):
+    subprocess.run(["sync"], check=True)  # each timed write starts with no earlier one being flushed
     rounds["trivial two-input Beam pipeline"].append(timed(
         [python, os.path.join(HERE, "trivial_beam.py"), left, right], env) + (0,))
+    shutil.rmtree(os.path.dirname(out), ignore_errors=True)  # the previous run's output, not timed
+    subprocess.run(["sync"], check=True)
     rounds["this job (python -m beam_job)"].append(timed(
-        [python, "-m", "beam_job", "--left", left, "--right", right, "--output", out, "--collision", "prefix",
-         "--overwrite"], env) + (output_bytes(out + "-*.tfrecord"),))
+        [python, "-m", "beam_job", "--left", left, "--right", right, "--output", out, "--collision", "prefix"],
+        env) + (output_bytes(out + "-*.tfrecord"),))
     job_bytes = rounds["this job (python -m beam_job)"][-1][2]
     if os.path.exists(raw):
       os.remove(raw)
+    subprocess.run(["sync"], check=True)
     rounds["raw write (dd from memory)"].append(timed(
         ["dd", "if=/dev/zero", f"of={raw}", "bs=1M", f"count={max(1, job_bytes >> 20)}", "status=none"]) + (
             max(1, job_bytes >> 20) << 20,))

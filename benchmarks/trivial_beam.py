@@ -1,6 +1,8 @@
 """The floor any Beam job on this machine pays: import Beam, build a two-input pipeline, run it on the same
-FnApiRunner the job uses, exit. ``python trivial_beam.py LEFT RIGHT`` (the paths are only passed through)."""
+FnApiRunner the job uses, exit (freezing the objects out of the interpreter's collections at exit, as
+``python -m beam_job`` does). ``python trivial_beam.py LEFT RIGHT`` (the paths are only passed through)."""
 
+import gc
 import sys
 
 import apache_beam as beam
@@ -19,3 +21,4 @@ def main(left, right):
 
 if __name__ == "__main__":
   main(*sys.argv[1:3])
+  gc.freeze()

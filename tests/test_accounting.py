@@ -97,12 +97,13 @@ def test_a_record_repeated_on_its_way_to_a_cell_fails(small, tmp_path, monkeypat
 def test_a_broadcast_record_lost_or_repeated_fails(small, tmp_path, monkeypatch, change, message):
   process = write._RouteFn.process
 
-  def changed(self, element, plan):
-    if element[0].endswith("right.tfrecord") and element[1] == 1:
+  def changed(self, tagged, plan):
+    _, (source, index, _) = tagged
+    if source.endswith("right.tfrecord") and index == 1:
       if change == "lose":
         return
-      yield from process(self, element, plan)
-    yield from process(self, element, plan)
+      yield from process(self, tagged, plan)
+    yield from process(self, tagged, plan)
 
   monkeypatch.setattr(write._RouteFn, "process", changed)
   _fails_unpublished(small + ["--strategy", "broadcast"], tmp_path / "out" / "p", message)

@@ -381,12 +381,12 @@ def test_records_cross_stages_with_deterministic_compact_coders(tmp_path):
   p = _pipeline()
   _ = ((p | "Left" >> beam.Create(LEFT), p | "Right" >> beam.Create(RIGHT))
        | CrossProduct(str(tmp_path / "pairs")))
-  # Prepared records: (source, index, payload); routed to cells: (shard, (ordinal * 2 + side, payload)); the
-  # broadcast side in blocks: (ordinals, lengths, payloads).
+  # Prepared records: (source, index, payload), tagged with their side; routed to cells: (shard, (ordinal * 2 +
+  # side, payload)); the broadcast side in blocks: (ordinals, lengths, payloads).
   assert _coder(p, "PrepareLeft/Parse", "None") == "tuple(string_utf8,varint,bytes)"
-  assert _coder(p, "ToLeftCells", "None") == "kv(varint,kv(varint,bytes))"
-  assert _coder(p, "ToRightCells", "None") == "kv(varint,kv(varint,bytes))"
-  assert _coder(p, "ToRightCells", "broadcast") == "tuple(bytes,bytes,bytes)"
+  assert _coder(p, "TagRight") == "kv(varint,tuple(string_utf8,varint,bytes))"
+  assert _coder(p, "ToCells", "None") == "kv(varint,kv(varint,bytes))"
+  assert _coder(p, "ToCells", "broadcast") == "tuple(bytes,bytes,bytes)"
   _ = p | ReadExamples([str(tmp_path / "*.tfrecord")])  # read records: the payload may be a Corrupt
   assert _coder(p, "ReadFrames") == "tuple(string_utf8,varint,pickled_python)"
 

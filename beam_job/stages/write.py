@@ -64,11 +64,12 @@ BroadcastBlock = Tuple[bytes, bytes, bytes]
 
 
 class _RouteFn(beam.DoFn):
-  """Routes each prepared record as each of ``sides`` (both for a self-join's one PCollection): to the cells of
-  its row or column, or, for the right side of a broadcast plan, into the blocks of the ``broadcast`` output."""
+  """Routes each prepared record, ``(tag, (source, index, payload))``, as each side ``routes[tag]`` names (both
+  for a self-join's one PCollection): to the cells of its row or column, or, for the right side of a broadcast
+  plan, into the blocks of the ``broadcast`` output."""
 
-  def __init__(self, sides: Tuple[int, ...], index_names: Tuple[Optional[str], Optional[str]]):
-    self._sides = sides
+  def __init__(self, routes: Dict[int, Tuple[int, ...]], index_names: Tuple[Optional[str], Optional[str]]):
+    self._routes = routes
     self._index_names = index_names
 
   def start_bundle(self):
@@ -82,8 +83,9 @@ class _RouteFn(beam.DoFn):
     self._new_block()
     return block
 
-  def process(self, element: Prepared, plan: planning.Plan):
-    for side in self._sides:
+  def process(self, tagged: Tuple[int, Prepared], plan: planning.Plan):
+    tag, element = tagged
+    for side in self._routes[tag]:
       if side == 1 and plan.strategy == "broadcast":
         ordinal, payload = _indexed(element, 1, plan, self._index_names[1])
         self._ordinals.append(ordinal)
@@ -356,13 +358,18 @@ class WriteCells(beam.PTransform):
       return (routed | "FlattenCells" >> beam.Flatten()
               | "GroupCells" >> beam.GroupByKey()
               | "WriteCell" >> beam.ParDo(_WriteGroupCellFn(self._options, self._self_join), AsSingleton(plan)))
-    # One routing pass per PCollection: a self-join's records are routed as both sides at once.
-    sides = ((0, 1),) if records[0] is records[1] else ((0,), (1,))
-    routes = [records[group[0]] | f"To{''.join(SIDES[i].title() for i in group)}Cells" >> beam.ParDo(
-        _RouteFn(group, index_names), AsSingleton(plan)).with_output_types(
-            Routed, broadcast=BroadcastBlock).with_outputs("broadcast", main="cells") for group in sides]
-    broadcast = routes[-1].broadcast  # the routes of the right side's records: the last
-    return ([route.cells for route in routes] | "FlattenCells" >> beam.Flatten()
+    # One routing pass over both sides' records, tagged with their side (a self-join's one PCollection is routed
+    # as both sides at once): routing them apart would cost two stages more.
+    if records[0] is records[1]:
+      routes, inputs = {0: (0, 1)}, [records[0]]
+    else:
+      routes, inputs = {0: (0,), 1: (1,)}, records
+    tagged = ([pcoll | f"Tag{SIDES[i].title()}" >> beam.Map(lambda record, tag: (tag, record), i).with_output_types(
+        Tuple[int, Prepared]) for i, pcoll in enumerate(inputs)] | "BothSides" >> beam.Flatten())
+    routed = tagged | "ToCells" >> beam.ParDo(_RouteFn(routes, index_names), AsSingleton(plan)).with_output_types(
+        Routed, broadcast=BroadcastBlock).with_outputs("broadcast", main="cells")
+    return (routed.cells
             | "GroupCells" >> beam.GroupByKey()
             | "WriteCell" >> beam.ParDo(_WriteCellFn(self._options, self._self_join), AsSingleton(plan),
-                                        AsIter(broadcast)))
+                                        AsIter(routed.broadcast)))
+
