@@ -8,6 +8,7 @@ concatenation (``example_bytes``). Entries are sorted by name, so bytes are dete
 """
 
 import bisect
+import functools
 from typing import AbstractSet, Dict, NamedTuple, Optional, Tuple
 
 from google.protobuf.message import DecodeError
@@ -24,7 +25,12 @@ class Prepared(NamedTuple):
   payload: bytes
 
 
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
+
+
 def varint(value: int) -> bytes:
+  if value < 0x80:
+    return _ONE_BYTE[value]
   out = bytearray()
   while value > 0x7F:
     out.append((value & 0x7F) | 0x80)
@@ -33,14 +39,17 @@ def varint(value: int) -> bytes:
   return bytes(out)
 
 
-def _length_delimited(tag: int, data: bytes) -> bytes:
-  return bytes((tag,)) + varint(len(data)) + data
+@functools.lru_cache(maxsize=1 << 16)
+def _entry_head(name: str) -> bytes:
+  """What a map entry for ``name`` holds before its Feature: the name field, then the Feature's tag."""
+  encoded = name.encode("utf-8")
+  return b"\x0a" + varint(len(encoded)) + encoded + b"\x12"
 
 
 def encode_entry(name: str, feature_bytes: bytes) -> bytes:
   """One ``Features.feature`` map entry: ``{1: name, 2: Feature}`` as field 1 of ``Features``."""
-  return _length_delimited(0x0A, _length_delimited(0x0A, name.encode("utf-8"))
-                           + _length_delimited(0x12, feature_bytes))
+  head, length = _entry_head(name), varint(len(feature_bytes))
+  return b"".join((b"\x0a", varint(len(head) + len(length) + len(feature_bytes)), head, length, feature_bytes))
 
 
 _WIRE_TYPES = {0: "varint", 1: "64-bit", 2: "length-delimited", 3: "group", 5: "32-bit"}
@@ -129,10 +138,9 @@ def _entries(feature_map, prefix: str, select: Optional[AbstractSet[str]],
              shapes: Optional[Dict[Shape, int]]) -> Prepared:
   keys, ends, entries = [], [], []
   end = 0
-  for name in sorted(feature_map):
+  for name, feature in sorted(feature_map.items()):
     if select is not None and name not in select:
       continue
-    feature = feature_map[name]
     name = prefix + name
     if shapes is not None:
       kind = feature.WhichOneof("kind")
