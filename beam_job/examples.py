@@ -9,7 +9,8 @@ concatenation (``example_bytes``). Entries are sorted by name, so bytes are dete
 
 import bisect
 import functools
-from typing import AbstractSet, Dict, NamedTuple, Optional, Tuple
+import itertools
+from typing import AbstractSet, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -109,6 +110,10 @@ KINDS = {"int64_list": "INT", "float_list": "FLOAT", "bytes_list": "BYTES"}
 Shape = Tuple[str, Optional[str], int]  # (output name, value list kind or None, number of values)
 
 
+# How a side sees a record: its prefix, the names it keeps (None: all), and where its shapes are counted.
+View = Tuple[str, Optional[AbstractSet[str]], Optional[Dict[Shape, int]]]
+
+
 def prepare(serialized: bytes, prefix: str = "", select: Optional[AbstractSet[str]] = None,
             shapes: Optional[Dict[Shape, int]] = None) -> Prepared:
   """Encodes one record's features as map entries, keeping ``select`` (if given) and renaming with ``prefix``.
@@ -118,7 +123,7 @@ def prepare(serialized: bytes, prefix: str = "", select: Optional[AbstractSet[st
   CSV ExampleGen writes one for an empty cell; tf.io and TFDV count it as missing). Learned in this one parse
   for the output's schema (``output_schema``); one dict update per feature.
   """
-  return _entries(parse_example(serialized).features.feature, prefix, select, shapes)
+  return _entries(parse_example(serialized).features.feature, ((prefix, select, shapes),))[0]
 
 
 def prepare_keyed(serialized: bytes, group_by: str, prefix: str = "", select: Optional[AbstractSet[str]] = None,
@@ -129,29 +134,39 @@ def prepare_keyed(serialized: bytes, group_by: str, prefix: str = "", select: Op
   for an Example without exactly one key value; the key is checked first, so a record left out under
   ``--missing_group skip`` is not counted in ``shapes`` (it is in no output record).
   """
+  (prepared,), key = prepare_views(serialized, ((prefix, select, shapes),), group_by)
+  return prepared, key
+
+
+def prepare_views(serialized: bytes, views: Sequence[View],
+                  group_by: Optional[str] = None) -> Tuple[List[Prepared], Optional[bytes]]:
+  """The record as ``prepare`` makes it for each of ``views``, from one parse and one serialization of each
+  Feature (a self-join whose two sides are renamed or selected apart), and its group key with ``group_by``
+  (as ``prepare_keyed``: checked first, raising ``grouping.MissingKey``), else None."""
   feature_map = parse_example(serialized).features.feature
-  key = grouping.key_of(feature_map, group_by)
-  return _entries(feature_map, prefix, select, shapes), key
+  key = None if group_by is None else grouping.key_of(feature_map, group_by)
+  return _entries(feature_map, views), key
 
 
-def _entries(feature_map, prefix: str, select: Optional[AbstractSet[str]],
-             shapes: Optional[Dict[Shape, int]]) -> Prepared:
-  keys, ends, entries = [], [], []
-  end = 0
+def _entries(feature_map, views: Sequence[View]) -> List[Prepared]:
+  outputs = [(prefix, select, shapes, [], []) for prefix, select, shapes in views]
   for name, feature in sorted(feature_map.items()):
-    if select is not None and name not in select:
-      continue
-    name = prefix + name
-    if shapes is not None:
-      kind = feature.WhichOneof("kind")
-      shape = (name, kind, len(getattr(feature, kind).value)) if kind else (name, None, 0)
-      shapes[shape] = shapes.get(shape, 0) + 1
-    entry = encode_entry(name, feature.SerializeToString(deterministic=True))
-    end += len(entry)
-    keys.append(name)
-    ends.append(end)
-    entries.append(entry)
-  return Prepared(tuple(keys), tuple(ends), b"".join(entries))
+    body = None
+    for prefix, select, shapes, keys, entries in outputs:
+      if select is not None and name not in select:
+        continue
+      if body is None:  # once per feature, whatever the number of views
+        body = feature.SerializeToString(deterministic=True)
+        kind = feature.WhichOneof("kind")
+        values = len(getattr(feature, kind).value) if kind else 0
+      renamed = prefix + name
+      if shapes is not None:
+        shape = (renamed, kind, values)
+        shapes[shape] = shapes.get(shape, 0) + 1
+      entries.append(encode_entry(renamed, body))
+      keys.append(renamed)
+  return [Prepared(tuple(keys), tuple(itertools.accumulate(map(len, entries))), b"".join(entries))
+          for _, _, _, keys, entries in outputs]
 
 
 def _varint_at(data: bytes, position: int) -> Tuple[int, int]:

@@ -172,7 +172,8 @@ def _pair_options(output: str, options: dict) -> PairOptions:
 
 
 def _prepare(options: PairOptions, inputs) -> Tuple[Tuple[PreparedSide, PreparedSide], Optional[str]]:
-  """Both sides prepared (a self-join whose sides are prepared alike, once), and the self-join mode."""
+  """Both sides prepared, and the self-join mode. A self-join parses each record once: for one side when its
+  sides are prepared alike, else for both sides from the same parse."""
   left, right = inputs if isinstance(inputs, tuple) else (inputs, None)
   running_modes.refuse_lossy_mode(left.pipeline.options, left.pipeline.runner)
   if right is not None and options.self_join != "product":
@@ -181,11 +182,13 @@ def _prepare(options: PairOptions, inputs) -> Tuple[Tuple[PreparedSide, Prepared
   if right is None and options.left_group_by is not None:
     raise JobError("--left_group_by and --right_group_by name the group feature of each of two sides; without "
                    "--right use --group_by")
-  left_side = left | "PrepareLeft" >> PrepareSide(0, options, read=True)
-  if right is None and options.prefixes[0] == options.prefixes[1] and options.selects[0] == options.selects[1]:
-    return (left_side, left_side), self_join
-  right_side = (left if right is None else right) | "PrepareRight" >> PrepareSide(1, options, read=right is not None)
-  return (left_side, right_side), self_join
+  if right is None:  # a self-join: its records parsed once, for one side or for both renamed apart
+    if options.prefixes[0] == options.prefixes[1] and options.selects[0] == options.selects[1]:
+      left_side = left | "PrepareLeft" >> PrepareSide(0, options, read=True)
+      return (left_side, left_side), self_join
+    return left | "PrepareBoth" >> PrepareSide(0, options, read=True, both=True), self_join
+  return (left | "PrepareLeft" >> PrepareSide(0, options, read=True),
+          right | "PrepareRight" >> PrepareSide(1, options, read=True)), self_join
 
 
 class CrossProduct(beam.PTransform):

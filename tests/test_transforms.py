@@ -398,16 +398,17 @@ def test_records_of_the_wrong_type_fail_when_the_pipeline_is_built(tmp_path):
     _ = p | beam.Create([("a", "0", make_example({}))]) | CrossProduct(str(tmp_path / "pairs"))
 
 
-@pytest.mark.parametrize("options, prepared", [({"collision": "left"}, 1), ({"collision": "prefix"}, 2)])
-def test_a_self_join_is_prepared_once_when_both_sides_are_prepared_alike(tmp_path, options, prepared):
+@pytest.mark.parametrize("options", [{"collision": "left"}, {"collision": "prefix"}],
+                         ids=["sides prepared alike", "sides renamed apart"])
+def test_a_self_join_parses_each_record_once(tmp_path, options):
   output = str(tmp_path / "pairs")
   p = _pipeline()
   _ = p | beam.Create(LEFT) | CrossProduct(output, self_join="combinations", **options)
   names = [t.unique_name for t in p.to_runner_api().components.transforms.values()]
-  assert len([n for n in names if n.endswith("/Parse")]) == prepared
+  assert len([n for n in names if n.endswith("/Parse")]) == 1
   p.run().wait_until_finish()
   summary = _summary_file(output, {"pairs": 10})
-  if prepared == 2:
+  if options["collision"] == "prefix":
     assert _read(summary) == _nested_loop(LEFT, self_join="combinations", left_prefix="left_", right_prefix="right_")
   else:  # the left record's value wins every shared name; the right one's other features join it
     ordered = [parse(payload) for payload in _in_order(LEFT)]
@@ -418,6 +419,36 @@ def test_a_self_join_is_prepared_once_when_both_sides_are_prepared_alike(tmp_pat
       merged.MergeFrom(ordered[i])
       expected[merged.features.SerializeToString(deterministic=True)] += 1
     assert _read(summary) == expected
+
+
+def test_a_self_join_selected_apart_gives_each_side_its_own_features_from_one_parse(tmp_path):
+  output = str(tmp_path / "pairs")
+  p = _pipeline()
+  _ = p | beam.Create(LEFT) | CrossProduct(output, self_join="combinations_with_replacement", collision="prefix",
+                                           left_features=("l", "bin"), right_features=("f", "l"))
+  names = [t.unique_name for t in p.to_runner_api().components.transforms.values()]
+  assert len([n for n in names if n.endswith("/Parse")]) == 1
+  p.run().wait_until_finish()
+  summary = _summary_file(output, {"pairs": 15})
+
+  def kept(payload, names, prefix):
+    out = tf.train.Example()
+    for name, feature in parse(payload).features.feature.items():
+      if name in names:
+        out.features.feature[prefix + name].CopyFrom(feature)
+    return out
+
+  ordered = _in_order(LEFT)
+  expected = collections.Counter()
+  for i, j in itertools.combinations_with_replacement(range(len(ordered)), 2):
+    merged = kept(ordered[i], {"l", "bin"}, "left_")
+    merged.MergeFrom(kept(ordered[j], {"f", "l"}, "right_"))
+    expected[merged.features.SerializeToString(deterministic=True)] += 1
+  assert _read(summary) == expected
+  with open(output + "-schema.pbtxt") as f:
+    schema = f.read()
+  assert all(f'name: "{name}"' in schema for name in ("left_l", "left_bin", "right_f", "right_l"))
+  assert 'name: "left_f"' not in schema and 'name: "right_bin"' not in schema
 
 
 def test_describe_pairs_gives_the_plan_and_writes_nothing(tmp_path):

@@ -408,20 +408,21 @@ def _left_0_right_0(inputs):
                          ids=["every record", "sampled records"])
 def test_a_feature_dropped_by_prepare_in_the_job_and_in_verify_alike_is_named(more, inputs, tmp_path, monkeypatch,
                                                                              capsys):
-  real = examples.prepare
+  real = examples._entries  # pylint: disable=protected-access  # the core the job and verify share
 
-  def dropping(serialized, prefix="", select=None, types=None):  # loses the left records' "vec", schema included
-    prepared = real(serialized, prefix, select, types)
-    if types is not None:
-      types.pop("left_vec", None)
-    return examples.from_payload(examples.without(prepared, {"left_vec"}))
+  def dropping(feature_map, views):  # loses the left records' "vec", schema included
+    prepared = real(feature_map, views)
+    for _, _, shapes in views:
+      for shape in [shape for shape in shapes or () if shape[0] == "left_vec"]:
+        del shapes[shape]
+    return [examples.from_payload(examples.without(record, {"left_vec"})) for record in prepared]
 
-  monkeypatch.setattr(examples, "prepare", dropping)
+  monkeypatch.setattr(examples, "_entries", dropping)
   prefix, shards = _run_case(inputs, tmp_path, ["--collision", "prefix", "--target_shard_mb", "0.002"])
   assert _failure(lambda *a: verify.main(["--output", prefix, *a]), capsys, *more) == (
       f"verify failed: {shards[0]}: record 0, {_left_0_right_0(inputs)}: lacks feature 'left_vec' "
       "(float_list [0.0, 2.5])\n")
-  monkeypatch.setattr(examples, "prepare", real)
+  monkeypatch.setattr(examples, "_entries", real)
   assert verify.main(["--output", prefix, *more]) == 1  # (the plan for whole records differs: another failure)
 
 

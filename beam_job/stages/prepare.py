@@ -74,41 +74,45 @@ class _PrepareFn(beam.DoFn):
   ``corrupt`` output. What the plan and the schema need is tallied in the same pass and leaves once per bundle
   (``tallies``), so records travel on as bytes only.
 
-  With ``group_by`` (the side's group feature) the record's group key comes from the same parse and travels
-  with it, ``(source, index, payload, key)``, and the side's records per key are tallied; a record without one
-  fails the job or, with ``missing_group='skip'``, goes to the ``corrupt`` output marked ``missing_group``."""
+  ``views`` are the sides made of these records, ``(side, prefix, select)``: one, or both sides of a self-join
+  renamed or selected apart, prepared from the same parse (``examples.prepare_views``). The first view's
+  records and tallies are the ``records`` and ``tallies`` outputs, a second's ``right_records`` and
+  ``right_tallies``.
 
-  def __init__(self, side: int, prefix: str, on_corrupt: str, select: Optional[frozenset] = None,
-               count: bool = True, group_by: Optional[str] = None, missing_group: str = "fail"):
-    self._side = side
+  With ``group_by`` (the group feature) the record's group key comes from the same parse and travels with it,
+  ``(source, index, payload, key)``, and the records per key are tallied; a record without one fails the job
+  or, with ``missing_group='skip'``, goes to the ``corrupt`` output marked ``missing_group``."""
+
+  def __init__(self, views: Tuple[Tuple[int, str, Optional[frozenset]], ...], on_corrupt: str, count: bool = True,
+               group_by: Optional[str] = None, missing_group: str = "fail"):
+    self._views = views
+    self._side = views[0][0]
     self._group_by = group_by
     self._missing_group = missing_group
     self._missing = beam.metrics.Metrics.counter(NAMESPACE, "missing_group_records")
-    self._prefix = prefix
-    self._select = select
     self._on_corrupt = on_corrupt
     self._count = count
-    self._records = beam.metrics.Metrics.counter(NAMESPACE, f"{SIDES[side]}_records")
+    self._records = beam.metrics.Metrics.counter(NAMESPACE, f"{SIDES[self._side]}_records")
     self._corrupt = beam.metrics.Metrics.counter(NAMESPACE, "corrupt_records")
+    self._tags = [None] + [f"{SIDES[side]}_records" for side, _, _ in views[1:]]
 
   def start_bundle(self):
-    self._tally = _Tally()
+    self._tallies = [_Tally() for _ in self._views]
     self._finder = sources.RecordFinder()  # used only for a payload that is not an Example
 
   def finish_bundle(self):
     self._finder.close()
-    yield beam.pvalue.TaggedOutput("tallies", GlobalWindows.windowed_value(self._tally))
+    for (side, _, _), tag, tally in zip(self._views, self._tags, self._tallies):
+      yield beam.pvalue.TaggedOutput("tallies" if tag is None else f"{SIDES[side]}_tallies",
+                                     GlobalWindows.windowed_value(tally))
 
   def process(self, element: Record):
     source, index, payload = element
     if not isinstance(payload, Corrupt):
-      key = None
       try:
-        if self._group_by is None:
-          prepared = examples.prepare(payload, self._prefix, self._select, self._tally.shapes)
-        else:
-          prepared, key = examples.prepare_keyed(payload, self._group_by, self._prefix, self._select,
-                                                 self._tally.shapes)
+        prepared, key = examples.prepare_views(
+            payload, [(prefix, select, tally.shapes) for (_, prefix, select), tally in zip(self._views, self._tallies)],
+            self._group_by)
       except grouping.MissingKey as e:
         where = f"{SIDES[self._side]} input {source} record {index}"
         if self._missing_group == "fail":
@@ -116,7 +120,8 @@ class _PrepareFn(beam.DoFn):
           raise JobError(f"{where}: {e}; --missing_group skip leaves such records out") from None
         offset, _ = self._finder.find(source, index, payload) or (-1, "uncompressed")
         payload = Corrupt(offset, str(e), missing_group=True)
-        self._tally.add(source, index, None)
+        for tally in self._tallies:
+          tally.add(source, index, None)
         if self._count:
           self._missing.inc()
         yield beam.pvalue.TaggedOutput("corrupt", (source, index, payload))
@@ -129,14 +134,17 @@ class _PrepareFn(beam.DoFn):
           raise JobError(sources.corrupt_input(source, index, offset, str(e), kind=kind)) from None
         _LOG.warning("skipping corrupt input %s", sources.describe_record(source, index, offset, str(e), kind=kind))
       else:
-        self._tally.add(source, index, prepared)
-        if key is not None:
-          self._tally.groups[key] += 1
         if self._count:
           self._records.inc()
-        yield (source, index, prepared.payload) if key is None else (source, index, prepared.payload, key)
+        for view, tag, tally in zip(prepared, self._tags, self._tallies):
+          tally.add(source, index, view)
+          if key is not None:
+            tally.groups[key] += 1
+          record = (source, index, view.payload) if key is None else (source, index, view.payload, key)
+          yield record if tag is None else beam.pvalue.TaggedOutput(tag, record)
         return
-    self._tally.add(source, index, None)
+    for tally in self._tallies:
+      tally.add(source, index, None)
     if self._count:
       self._corrupt.inc()
     yield beam.pvalue.TaggedOutput("corrupt", (source, index, payload))
@@ -198,19 +206,26 @@ class PrepareSide(beam.PTransform):
   """Parses each record once into its encoded entries and gathers the side's stats (``planning.SideStats``).
 
   ``read`` says that these records are the side's own (not the left side's, paired with itself): only then
-  are they counted, in Beam counters and in ``PreparedSide.read`` for the accounting of ``Finalize``."""
+  are they counted, in Beam counters and in ``PreparedSide.read`` for the accounting of ``Finalize``.
+  ``both=True`` prepares a self-join's two sides, renamed or selected apart, from the one parse of each
+  record: the result is then a pair of ``PreparedSide`` (the right one with no reading of its own)."""
 
-  def __init__(self, side: int, options: "PairOptions", read: bool):
+  def __init__(self, side: int, options: "PairOptions", read: bool, both: bool = False):
     super().__init__()
-    self._side, self._options, self._read = side, options, read
+    self._side, self._options, self._read, self._both = side, options, read, both
 
   def expand(self, records: beam.PCollection[Record]):  # -> PreparedSide (Beam reads only PCollection hints)
     side, options = self._side, self._options
     group_by = options.group_names[side] if options.group_names else None
+    views = tuple((s, options.prefixes[s], options.selects[s]) for s in ((0, 1) if self._both else (side,)))
+    record_type = Tuple[str, int, bytes] if group_by is None else Tuple[str, int, bytes, bytes]
+    extra = ("right_records", "right_tallies") if self._both else ()
     prepared = records | "Parse" >> beam.ParDo(_PrepareFn(
-        side, options.prefixes[side], options.on_corrupt, options.selects[side], self._read, group_by,
-        options.missing_group)).with_output_types(
-            Tuple[str, int, bytes] if group_by is None else Tuple[str, int, bytes, bytes]).with_outputs(
-                "corrupt", "tallies", main="records")
+        views, options.on_corrupt, self._read, group_by, options.missing_group)).with_output_types(
+            record_type, **{tag: record_type for tag in extra[:1]}).with_outputs(
+                "corrupt", "tallies", *extra, main="records")
     read = records | "CountRead" >> beam.ParDo(_CountFn(SIDES[side])) if self._read else None
-    return PreparedSide(prepared.records, prepared.corrupt, prepared.tallies, read)
+    first = PreparedSide(prepared.records, prepared.corrupt, prepared.tallies, read)
+    if not self._both:
+      return first
+    return first, PreparedSide(prepared.right_records, prepared.corrupt, prepared.right_tallies, None)
