@@ -182,6 +182,33 @@ def test_the_job_reads_the_files_its_start_matched_and_the_summary_lists(tmp_pat
   assert (summary["left_records"], summary["pairs"]) == (1, 1)
 
 
+def test_an_input_removed_after_the_start_matched_it_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+  """The job reads the files its start matched: one removed in between fails the run with one line, exit 2,
+  and nothing published (matching again would have left its records out without a word)."""
+  import apache_beam as beam  # pylint: disable=import-outside-toplevel
+  (tmp_path / "in").mkdir()
+  write_tfrecord(str(tmp_path / "in" / "a.tfrecord"), [make_example({"u": [k]}) for k in range(2)])
+  gone = str(tmp_path / "in" / "b.tfrecord")
+  write_tfrecord(gone, [make_example({"u": [k]}) for k in range(2)])
+  run = beam.Pipeline.run
+
+  def remove_then_run(self, *args, **kwargs):
+    if os.path.exists(gone):
+      os.remove(gone)
+    return run(self, *args, **kwargs)
+
+  monkeypatch.setattr(beam.Pipeline, "run", remove_then_run)
+  out = tmp_path / "out"
+  out.mkdir()
+  capsys.readouterr()
+  assert cli.main(["--left", str(tmp_path / "in" / "*.tfrecord"), "--output", str(out / "pairs"), "--collision",
+                   "prefix"]) == 2
+  err = capsys.readouterr().err
+  assert err == (f"error: input {gone} was matched when the job started but no longer exists (removed or renamed "
+                 "while the job ran); rerun the job\n")
+  assert os.listdir(out) == []
+
+
 def test_a_file_read_but_not_in_the_inputs_given_to_cross_product_fails_it(tmp_path, monkeypatch):
   """From Python, ``CrossProduct(inputs=...)`` records the files given; a source it reads that is not among them
   (a pattern matched again later) would be in the output and not in the summary."""

@@ -37,6 +37,14 @@ class _ReadFileFn(beam.DoFn):
       problem = sources.file_problem(path)
       if problem:  # Beam's match may list a FIFO or skip nothing: never block on one or read a folder
         raise JobError(f"input {path} {problem}")
+    try:
+      yield from self._read(path)
+    except FileNotFoundError:
+      # The CLI passes the files it matched at start (no second match): one removed since then is a plain error.
+      raise JobError(f"input {path} was matched when the job started but no longer exists (removed or renamed "
+                     "while the job ran); rerun the job") from None
+
+  def _read(self, path: str) -> Iterable[Record]:
     for record in sources.read_file(path, self._compression):
       if record.payload is not None:
         yield path, record.index, record.payload
