@@ -3,7 +3,7 @@
 
 import collections
 import logging
-from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.pvalue import AsIter
@@ -219,11 +219,12 @@ class PrepareSide(beam.PTransform):
     group_by = options.group_names[side] if options.group_names else None
     views = tuple((s, options.prefixes[s], options.selects[s]) for s in ((0, 1) if self._both else (side,)))
     record_type = Tuple[str, int, bytes] if group_by is None else Tuple[str, int, bytes, bytes]
-    extra = ("right_records", "right_tallies") if self._both else ()
+    tagged = {"corrupt": Any, "tallies": Any}
+    if self._both:
+      tagged.update(right_records=record_type, right_tallies=Any)
     prepared = records | "Parse" >> beam.ParDo(_PrepareFn(
         views, options.on_corrupt, self._read, group_by, options.missing_group)).with_output_types(
-            record_type, **{tag: record_type for tag in extra[:1]}).with_outputs(
-                "corrupt", "tallies", *extra, main="records")
+            record_type, **tagged).with_outputs(*tagged, main="records")
     read = records | "CountRead" >> beam.ParDo(_CountFn(SIDES[side])) if self._read else None
     first = PreparedSide(prepared.records, prepared.corrupt, prepared.tallies, read)
     if not self._both:
