@@ -221,11 +221,11 @@ def run(argv: Optional[List[str]] = None, progress_stream=None) -> Optional[dict
   for flag, side_patterns in (("--left", left_patterns), ("--right", right_patterns if args.right else None)):
     if side_patterns is not None:
       sizes = sources.match_sizes(side_patterns, flag)
+      for path in sizes:
+        sources.check_supported(path, args.compression)
       matched[flag[2:]] = {"patterns": side_patterns, "files": dict(sorted(sizes.items()))}
       _warn_empty(flag, sorted(path for path, size in sizes.items() if size == 0))
   inputs = [path for side in ("left", "right") if matched[side] for path in matched[side]["files"]]
-  for path in inputs:
-    sources.check_supported(path, args.compression)
   patterns = left_patterns + right_patterns
   if args.dry_run:
     return {"dry_run": dry_run(args, beam_args, matched)}

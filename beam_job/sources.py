@@ -179,6 +179,11 @@ def detect_compression(path: str, compression: str) -> str:
 
 
 def check_supported(path: str, compression: str) -> None:
+  try:
+    path.encode("utf-8")
+  except UnicodeEncodeError:  # records name their source as UTF-8 text between stages, and so do the outputs
+    raise JobError(f"input {os.fsencode(path).decode('utf-8', 'backslashreplace')}: its name is not valid UTF-8; "
+                   "rename the file") from None
   if detect_compression(path, compression) == "zstd":
     raise JobError(f"{path}: zstd input is not supported (its stream reader cannot tell a cut-off file from a "
                    "complete one); decompress it, or recompress it with gzip")

@@ -354,3 +354,18 @@ def test_a_skipped_payload_that_is_not_an_example_is_logged_like_a_bad_frame(tmp
   assert summary["corrupt_records"] == 1
   assert f"skipping corrupt input {bad}: record 2 (byte {offset}): {NOT_AN_EXAMPLE_PROBLEM}" in [
       record.getMessage() for record in caplog.records]
+
+
+def test_an_input_whose_name_is_not_utf8_is_a_one_line_error(tmp_path, capsys):
+  """Records name their source as UTF-8 text between stages (and the summary lists it): a file name that is
+  not valid UTF-8 is refused up front, naming its bytes, instead of failing in the pipeline."""
+  folder = tmp_path / "in"
+  folder.mkdir()
+  with open(os.fsencode(folder) + b"/\xff.tfrecord", "wb") as f:
+    f.write(b"\x00" * 16)  # not even a record: its name is refused first
+  out = tmp_path / "out"
+  out.mkdir()
+  assert cli.main(["--left", str(folder / "*"), "--output", str(out / "pairs")]) == 2
+  assert capsys.readouterr().err.endswith(f"error: input {folder}/\\xff.tfrecord: its name is not valid UTF-8; "
+                                          "rename the file\n")
+  assert os.listdir(out) == []
