@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any, Dict, Optional, Tuple
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import TypeOptions
 
 from beam_job import outputs, planning, running_modes, sampling
 from beam_job.errors import JobError
@@ -176,6 +177,11 @@ def _prepare(options: PairOptions, inputs) -> Tuple[Tuple[PreparedSide, Prepared
   sides are prepared alike, else for both sides from the same parse."""
   left, right = inputs if isinstance(inputs, tuple) else (inputs, None)
   running_modes.refuse_lossy_mode(left.pipeline.options, left.pipeline.runner)
+  types = left.pipeline.options.view_as(TypeOptions)
+  if types.runtime_type_check or types.performance_runtime_type_check:
+    raise JobError("--runtime_type_check and --performance_runtime_type_check are not supported: Beam's checker "
+                   "takes the windowed values that the job's steps emit once per bundle for elements of the main "
+                   "output; the job's element types are checked when the pipeline is built")
   if right is not None and options.self_join != "product":
     raise JobError("--self_join applies only when --right is omitted")
   self_join = options.self_join if right is None else None

@@ -369,3 +369,15 @@ def test_an_input_whose_name_is_not_utf8_is_a_one_line_error(tmp_path, capsys):
   assert capsys.readouterr().err.endswith(f"error: input {folder}/\\xff.tfrecord: its name is not valid UTF-8; "
                                           "rename the file\n")
   assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("flag", ["--runtime_type_check", "--performance_runtime_type_check"])
+def test_beams_runtime_type_checks_are_refused_in_one_line(left, tmp_path, capsys, flag):
+  """Beam's runtime type checkers take the windowed values a step emits at the end of its bundle for elements of
+  its main output, and fail the job with a traceback: refused up front instead."""
+  out = tmp_path / "out"
+  out.mkdir()
+  assert cli.main(["--left", left, "--output", str(out / "pairs"), flag]) == 2
+  assert capsys.readouterr().err.startswith("error: --runtime_type_check and --performance_runtime_type_check are "
+                                            "not supported: ")
+  assert os.listdir(out) == []
