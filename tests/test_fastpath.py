@@ -52,3 +52,19 @@ def test_native_and_reference_paths_write_identical_shards(inputs, tmp_path, mon
   assert fast["pairs"] == reference["pairs"] == 23 * 17
   assert len(fast["shards"]) > 1
   assert _shards(tmp_path / "fast" / "pairs") == _shards(tmp_path / "reference" / "pairs")
+
+
+def test_native_frames_equal_the_reference_for_payloads_of_every_size_around_the_crc_combine():
+  """The native writer combines each payload's CRC into the record's (payloads of 16 bytes and more) and scans
+  shorter ones: every size from 0 to 40 and a few long ones, on both sides, in blocks with and without starts."""
+  from beam_job import _fastframes, examples, tfrecord  # pylint: disable=import-outside-toplevel
+  rng = random.Random(7)
+  sizes = list(range(41)) + [127, 128, 129, 1000, 16383, 16384, 70000]
+  payloads = [rng.randbytes(size) for size in sizes]
+  for _ in range(200):
+    lefts = rng.sample(payloads, rng.randint(0, 5))
+    rights = rng.sample(payloads, rng.randint(0, 8))
+    starts = [rng.randint(0, len(rights)) for _ in lefts] if rng.random() < 0.5 else None
+    expected = b"".join(tfrecord.frame(examples.example_bytes(left, right)) for i, left in enumerate(lefts)
+                        for right in rights[(starts[i] if starts else 0):])
+    assert _fastframes.frame_block(lefts, rights, starts) == expected
