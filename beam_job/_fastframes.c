@@ -94,8 +94,9 @@ static RecordCrc record_crc = record_crc_scan;
 
 #define CRC_POLY 0x82F63B78u
 #define COMBINE_MIN_BYTES 16
+_Static_assert(COMBINE_MIN_BYTES >= 5, "the shift constant x^(8 * size - 33) needs 8 * size >= 33");
 
-static uint32_t x2n_table[32]; /* x^(2^k) mod P */
+static uint32_t x2n_table[64]; /* x^(2^k) mod P, for every k of a 64-bit n (no period is assumed) */
 
 /* a * b mod P, both bit-reflected. */
 static uint32_t multmodp(uint32_t a, uint32_t b) {
@@ -114,14 +115,14 @@ static uint32_t multmodp(uint32_t a, uint32_t b) {
 static void init_x2n(void) {
   uint32_t p = 1u << 30; /* x^1 */
   x2n_table[0] = p;
-  for (int k = 1; k < 32; k++) x2n_table[k] = p = multmodp(p, p);
+  for (int k = 1; k < 64; k++) x2n_table[k] = p = multmodp(p, p);
 }
 
 /* x^n mod P. */
 static uint32_t xnmodp(uint64_t n) {
   uint32_t xp = 1u << 31; /* x^0 */
   for (unsigned k = 0; n; n >>= 1, k++)
-    if (n & 1) xp = multmodp(x2n_table[k & 31], xp);
+    if (n & 1) xp = multmodp(x2n_table[k], xp);
   return xp;
 }
 

@@ -68,3 +68,16 @@ def test_native_frames_equal_the_reference_for_payloads_of_every_size_around_the
     expected = b"".join(tfrecord.frame(examples.example_bytes(left, right)) for i, left in enumerate(lefts)
                         for right in rights[(starts[i] if starts else 0):])
     assert _fastframes.frame_block(lefts, rights, starts) == expected
+
+
+def test_native_frames_of_a_payload_over_512_mib_have_the_right_crc():
+  """The CRC shift constant x^(8 * size - 33) needs powers x^(2^k) beyond k = 31 once 8 * size - 33 >= 2^32 (a
+  payload of 536,870,917 bytes or more): CRC32C's powers do not repeat with period 32 as CRC-32's do."""
+  import google_crc32c  # pylint: disable=import-outside-toplevel
+  from beam_job import _fastframes, examples  # pylint: disable=import-outside-toplevel
+  left, right = bytes(536_870_917), b"r" * 20
+  frame = _fastframes.frame_block([left], [right], None)
+  crc = google_crc32c.value(b"\x0a" + examples.varint(len(left) + len(right)))
+  crc = google_crc32c.extend(google_crc32c.extend(crc, left), right)
+  masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF  # as tfrecord.masked_crc, without a copy
+  assert frame[-4:] == masked.to_bytes(4, "little")
