@@ -98,6 +98,9 @@ class _PrepareFn(beam.DoFn):
 
   def start_bundle(self):
     self._tallies = [_Tally() for _ in self._views]
+    # What examples.prepare_views takes for each view: its prefix, selection and this bundle's shape counts.
+    self._prepare_as = [(prefix, select, tally.shapes) for (_, prefix, select), tally in zip(self._views,
+                                                                                            self._tallies)]
     self._finder = sources.RecordFinder()  # used only for a payload that is not an Example
 
   def finish_bundle(self):
@@ -110,9 +113,7 @@ class _PrepareFn(beam.DoFn):
     source, index, payload = element
     if not isinstance(payload, Corrupt):
       try:
-        prepared, key = examples.prepare_views(
-            payload, [(prefix, select, tally.shapes) for (_, prefix, select), tally in zip(self._views, self._tallies)],
-            self._group_by)
+        prepared, key = examples.prepare_views(payload, self._prepare_as, self._group_by)
       except grouping.MissingKey as e:
         where = f"{SIDES[self._side]} input {source} record {index}"
         if self._missing_group == "fail":
