@@ -815,8 +815,9 @@ def _verify_grouped(output: str, summary: dict, options: PairOptions, self_join:
                                   on_corrupt, options.prefixes[1], options.selects[1], names_by[1],
                                   options.missing_group, "right" if right_files else "left", right_missing, read)
   missing += right_missing or []
-  plan = plan_stage._plan((left_stats, right_stats), options.plan_options(self_join),  # pylint: disable=protected-access
-                          grouped=plan_stage._grouped_options(options, self_join))  # pylint: disable=protected-access
+  plan = plan_stage._plan(  # pylint: disable=protected-access
+      (left_stats, right_stats), options.plan_options(self_join),
+      grouped=plan_stage._grouped_options(options, self_join))  # pylint: disable=protected-access
   grouped, index_names = plan.grouped, options.index_names()
   lefts, rights = _by_group(left, plan, 0, index_names[0]), _by_group(right, plan, 1, index_names[1])
   gzipped = options.output_compression

@@ -124,7 +124,8 @@ def bench(size: int, workdir: str, skip, check_max: int, repeat: int = 1):
       print(f"this job is {wall / job_wall:.1f}x faster than {name}")
   raw_wall, trivial_wall = rows["raw write (dd from memory)"][0], rows["trivial two-input Beam pipeline"][0]
   print(f"raw write time / job time = {raw_wall / job_wall:.2f}")
-  print(f"the job's own fixed cost (job - trivial Beam pipeline - raw write) = {job_wall - trivial_wall - raw_wall:.2f} s"
+  fixed = job_wall - trivial_wall - raw_wall
+  print(f"the job's own fixed cost (job - trivial Beam pipeline - raw write) = {fixed:.2f} s"
         + (f" (medians of {repeat} runs each)" if repeat > 1 else ""))
   if "nested" not in skip and pairs <= check_max:
     same = canonical([os.path.join(folder, "nested.tfrecord")]) == canonical(

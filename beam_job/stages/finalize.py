@@ -155,8 +155,9 @@ class _FinalizeFn(beam.DoFn):
 
 class Finalize(beam.PTransform):
   """Applied to ``{"plan": ..., "cells": ..., "stats": ..., "corrupt": (...), "read": (...)}``: the plan
-  singleton, ``WriteCells``' results, the ``(left, right)`` ``SideStats`` singleton, and the corrupt records and read counts
-  of each side read (``PreparedSide.corrupt``, ``.read``). Outputs the published summary, a dict."""
+  singleton, ``WriteCells``' results, the ``(left, right)`` ``SideStats`` singleton, and the corrupt records
+  and read counts of each side read (``PreparedSide.corrupt``, ``.read``). Outputs the published summary, a
+  dict."""
 
   def __init__(self, options: "PairOptions", self_join: Optional[str], inputs: Optional[dict]):
     super().__init__()

@@ -75,10 +75,10 @@ def _grouped(plan: planning.Plan, left_stats: planning.SideStats, right_stats: p
 
 def _plan(stats: Tuple[planning.SideStats, planning.SideStats], options: dict, run: Optional[_Run] = None,
           token: Optional[str] = None, grouped: Optional[dict] = None) -> planning.Plan:
-  """Plans the job from both sides' stats. In a real run (``run``) it then starts the run: takes the lease (idempotent, so a retry is
-  harmless; the CLI took it already), rolls back dead runs, refuses an earlier output without --overwrite, and
-  leaves the plan's totals in the run's temporary folder for progress displays. ``grouped``: the options of a
-  grouped plan (``PairOptions.grouped_options``, and ``by_key``), None for the full product."""
+  """Plans the job from both sides' stats. In a real run (``run``) it then starts the run: takes the lease (idempotent,
+  so a retry is harmless; the CLI took it already), rolls back dead runs, refuses an earlier output without
+  --overwrite, and leaves the plan's totals in the run's temporary folder for progress displays. ``grouped``: the
+  options of a grouped plan (``PairOptions.grouped_options``, and ``by_key``), None for the full product."""
   left_stats, right_stats = stats
   if grouped is None:
     plan = planning.make_plan(left_stats, right_stats, **options)
