@@ -47,7 +47,8 @@ static uint32_t crc_update_table(uint32_t crc, const unsigned char *p, size_t n)
   return crc;
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* BEAM_JOB_PORTABLE_CRC builds the table-only path that CPUs without SSE4.2 take (the tests build it so). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(BEAM_JOB_PORTABLE_CRC)
 #include <nmmintrin.h>
 #define HAVE_HW_CRC 1
 __attribute__((target("sse4.2"))) static uint32_t crc_update_hw(uint32_t crc, const unsigned char *p, size_t n) {

@@ -81,3 +81,32 @@ def test_native_frames_of_a_payload_over_512_mib_have_the_right_crc():
   crc = google_crc32c.extend(google_crc32c.extend(crc, left), right)
   masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF  # as tfrecord.masked_crc, without a copy
   assert frame[-4:] == masked.to_bytes(4, "little")
+
+
+def test_the_portable_build_without_sse42_writes_the_same_frames(tmp_path):
+  """CPUs without SSE4.2 (or PCLMUL), e.g. ARM workers, take the table CRC and scan every record: the module
+  built that way (``-DBEAM_JOB_PORTABLE_CRC``) gives the same frames as the reference."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sysconfig  # pylint: disable=import-outside-toplevel
+  from beam_job import examples, tfrecord  # pylint: disable=import-outside-toplevel
+  compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+  assert compiler, "no C compiler: the native writer could not have been built either"
+  source = os.path.join(os.path.dirname(cells.__file__), "_fastframes.c")
+  built = str(tmp_path / ("_fastframes" + sysconfig.get_config_var("EXT_SUFFIX")))
+  subprocess.run([compiler, "-O2", "-fPIC", "-shared", "-DBEAM_JOB_PORTABLE_CRC",
+                  "-I" + sysconfig.get_paths()["include"], source, "-o", built], check=True)
+  spec = importlib.util.spec_from_file_location("_fastframes", built)
+  portable = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(portable)
+  assert portable.crc_implementation == "table"
+  rng = random.Random(11)
+  payloads = [rng.randbytes(size) for size in list(range(41)) + [128, 1000, 70000]]
+  for _ in range(100):
+    lefts, rights = rng.sample(payloads, rng.randint(0, 4)), rng.sample(payloads, rng.randint(0, 6))
+    starts = [rng.randint(0, len(rights)) for _ in lefts] if rng.random() < 0.5 else None
+    expected = b"".join(tfrecord.frame(examples.example_bytes(left, right)) for i, left in enumerate(lefts)
+                        for right in rights[(starts[i] if starts else 0):])
+    assert portable.frame_block(lefts, rights, starts) == expected
