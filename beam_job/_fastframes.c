@@ -197,31 +197,32 @@ static inline void put_u32(unsigned char *out, uint32_t v) {
 }
 
 
-/* Borrows the buffers of a sequence of bytes objects; returns NULL with an exception set on error. */
-static Span *spans_of(PyObject *seq, Py_ssize_t *count) {
-  PyObject *fast = PySequence_Fast(seq, "expected a sequence of bytes");
-  if (!fast) return NULL;
-  Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+/* The buffers of a list or tuple of bytes objects, and in *held a tuple of the same objects, which the caller
+   keeps until it is done with the buffers: the caller's list may change while the GIL is released (another
+   thread), the tuple cannot, so no buffer is freed under the writer. NULL with an exception set on error. */
+static Span *spans_of(PyObject *seq, Py_ssize_t *count, PyObject **held) {
+  PyObject *items = PySequence_Tuple(seq);
+  if (!items) return NULL;
+  Py_ssize_t n = PyTuple_GET_SIZE(items);
   Span *spans = PyMem_Malloc(sizeof(Span) * (n ? n : 1));
   if (!spans) {
-    Py_DECREF(fast);
+    Py_DECREF(items);
     PyErr_NoMemory();
     return NULL;
   }
-  PyObject **items = PySequence_Fast_ITEMS(fast);
   for (Py_ssize_t i = 0; i < n; i++) {
-    if (!PyBytes_Check(items[i])) {
+    PyObject *item = PyTuple_GET_ITEM(items, i);
+    if (!PyBytes_Check(item)) {
       PyErr_SetString(PyExc_TypeError, "payloads must be bytes");
       PyMem_Free(spans);
-      Py_DECREF(fast);
+      Py_DECREF(items);
       return NULL;
     }
-    spans[i].data = (const unsigned char *)PyBytes_AS_STRING(items[i]);
-    spans[i].size = PyBytes_GET_SIZE(items[i]);
+    spans[i].data = (const unsigned char *)PyBytes_AS_STRING(item);
+    spans[i].size = PyBytes_GET_SIZE(item);
   }
-  /* The caller keeps seq alive, and with it the items; PySequence_Fast of a list or tuple is seq itself. */
-  Py_DECREF(fast);
   *count = n;
+  *held = items;
   return spans;
 }
 
@@ -237,11 +238,13 @@ static PyObject *frame_block(PyObject *self, PyObject *args) {
     return NULL;
   }
   Py_ssize_t nl, nr;
-  Span *lefts = spans_of(lefts_obj, &nl);
+  PyObject *held_lefts = NULL, *held_rights = NULL;
+  Span *lefts = spans_of(lefts_obj, &nl, &held_lefts);
   if (!lefts) return NULL;
-  Span *rights = spans_of(rights_obj, &nr);
+  Span *rights = spans_of(rights_obj, &nr, &held_rights);
   if (!rights) {
     PyMem_Free(lefts);
+    Py_DECREF(held_lefts);
     return NULL;
   }
   Py_ssize_t *starts = PyMem_Malloc(sizeof(Py_ssize_t) * (nl ? nl : 1));
@@ -262,10 +265,11 @@ static PyObject *frame_block(PyObject *self, PyObject *args) {
     }
     starts[i] = s < 0 ? 0 : (s > nr ? nr : s);
   }
-  /* Exact output size first, so the bytes object is allocated once and filled in place. */
+  /* Exact output size first, so the bytes object is allocated once and filled in place. Checked as it grows:
+     a list may name one large bytes object many times, and the sum must not wrap. */
   uint64_t total = 0;
-  for (Py_ssize_t i = 0; i < nl; i++) {
-    for (Py_ssize_t j = starts[i]; j < nr; j++) {
+  for (Py_ssize_t i = 0; i < nl && total <= (uint64_t)PY_SSIZE_T_MAX; i++) {
+    for (Py_ssize_t j = starts[i]; j < nr && total <= (uint64_t)PY_SSIZE_T_MAX; j++) {
       uint64_t body = (uint64_t)lefts[i].size + (uint64_t)rights[j].size;
       uint64_t record = 1 + varint_size(body) + body;
       total += 16 + record;
@@ -316,6 +320,8 @@ done:
   PyMem_Free(starts);
   PyMem_Free(lefts);
   PyMem_Free(rights);
+  Py_DECREF(held_lefts);
+  Py_DECREF(held_rights);
   return result;
 }
 

@@ -2,12 +2,15 @@
 the whole job: both strategies, gzip and plain output, every collision policy, random inputs."""
 
 import glob
+import os
 import random
 
 import pytest
 
 from beam_job import cells, cli
 from tests.helpers import make_example, write_tfrecord
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _random_example(rng: random.Random, names):
@@ -110,3 +113,29 @@ def test_the_portable_build_without_sse42_writes_the_same_frames(tmp_path):
     expected = b"".join(tfrecord.frame(examples.example_bytes(left, right)) for i, left in enumerate(lefts)
                         for right in rights[(starts[i] if starts else 0):])
     assert portable.frame_block(lefts, rights, starts) == expected
+
+
+_EMPTIED_WHILE_FRAMING = """
+import threading, time
+from beam_job import _fastframes, examples, tfrecord
+rights = [bytes([k]) * (1 << 20) for k in range(48)]  # 1 MiB each: freed memory goes back to the system
+expected = b"".join(tfrecord.frame(examples.example_bytes(b"l", right)) for right in rights)
+got = []
+framing = threading.Thread(target=lambda: got.append(_fastframes.frame_block([b"l"] * 12, rights, None)))
+framing.start()
+time.sleep(0.002)
+rights[:] = []  # the caller's list emptied while the native writer runs without the GIL
+framing.join()
+assert got[0] == expected * 12, "frames differ"
+print("ok")
+"""
+
+
+def test_the_native_writer_keeps_its_payloads_when_the_callers_list_changes_during_the_call():
+  """``frame_block`` releases the GIL while it frames: it holds its own references to the payloads, so a list
+  emptied by another thread meanwhile frees nothing under it. Before, it read freed (unmapped) buffers."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  proc = subprocess.run([sys.executable, "-c", _EMPTIED_WHILE_FRAMING], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert (proc.returncode, proc.stdout) == (0, "ok\n"), proc.stderr[-2000:]
