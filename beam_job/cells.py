@@ -6,7 +6,7 @@ its records and the options.
 """
 
 import bisect
-from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from beam_job import examples, planning, sampling, tfrecord
 
@@ -17,6 +17,28 @@ except ImportError:  # pragma: no cover - exercised only where the compiler was 
 
 Side = Sequence[Tuple[int, examples.Prepared]]
 
+
+class Run:
+  """Right records ``first``, ``first + 1``, ... given by their payloads alone: the broadcast side's columns of a
+  cell, sliced from the per-process copy without a ``(ordinal, Prepared)`` wrapper per record (those cost more
+  than the payloads). Their names are not kept, so only a merge that needs none takes a run (``write_cell``
+  turns it into records for the other paths); it is deliberately not iterable, so it cannot pass for a
+  ``Side``."""
+
+  __slots__ = ("first", "payloads")
+
+  def __init__(self, first: int, payloads: List[bytes]):
+    self.first, self.payloads = first, payloads
+
+  def __len__(self) -> int:
+    return len(self.payloads)
+
+  @property
+  def ordinals(self) -> range:
+    return range(self.first, self.first + len(self.payloads))
+
+  def records(self) -> List[Tuple[int, examples.Prepared]]:
+    return [(self.first + j, examples.Prepared((), (), payload)) for j, payload in enumerate(self.payloads)]
 
 
 def _columns(ordinal: int, right_ordinals: List[int], step: Optional[int], sample) -> Iterator[int]:
@@ -95,8 +117,9 @@ def write_reference(left: Side, right: Side, out: BinaryIO, **merge) -> Tuple[in
 BLOCK_BYTES = 8 << 20  # frames built per native call: large enough to amortize the call, small for memory
 
 
-def write_cell(left: Side, right: Side, out: BinaryIO, self_join: Optional[str] = None, collision: str = "error",
-               collisions: Sequence[str] = (), sample: Optional[Tuple[float, int]] = None) -> Tuple[int, int]:
+def write_cell(left: Side, right: Union[Side, Run], out: BinaryIO, self_join: Optional[str] = None,
+               collision: str = "error", collisions: Sequence[str] = (),
+               sample: Optional[Tuple[float, int]] = None) -> Tuple[int, int]:
   """Writes the cell's frames, byte-identical to ``write_reference``; returns (pairs, bytes).
 
   The native ``frame_block`` builds the frames of many rows per call, about ``BLOCK_BYTES`` at a time: rows go
@@ -107,11 +130,13 @@ def write_cell(left: Side, right: Side, out: BinaryIO, self_join: Optional[str] 
   """
   collide = frozenset(collisions)
   if _fastframes is None or (collision == "right" and collide) or sample is not None:
-    return write_reference(left, right, out, self_join=self_join, collision=collision, collisions=collisions,
-                           sample=sample)
+    return write_reference(left, right.records() if isinstance(right, Run) else right, out, self_join=self_join,
+                           collision=collision, collisions=collisions, sample=sample)
   step = planning.MIN_STEP.get(self_join)
-  right_ordinals = [ordinal for ordinal, _ in right]
-  payloads = [record.payload for _, record in right]
+  if isinstance(right, Run):
+    right_ordinals, payloads = right.ordinals, right.payloads
+  else:
+    right_ordinals, payloads = [ordinal for ordinal, _ in right], [record.payload for _, record in right]
   pair_bytes = 24 + (sum(len(p) for p in payloads) / max(1, len(right)))
   pairs = written = 0
   block, starts, block_bytes, names_now, rights = [], [], 0.0, frozenset(), payloads

@@ -95,17 +95,17 @@ def test_a_record_repeated_on_its_way_to_a_cell_fails(small, tmp_path, monkeypat
     ("lose", r"the broadcast side received 3 right record\(s\), the plan has 4"),
     ("repeat", r"the broadcast side received right record 1 twice")])
 def test_a_broadcast_record_lost_or_repeated_fails(small, tmp_path, monkeypatch, change, message):
-  process = write._RouteFn.process
+  route = write._RouteFn._route
 
-  def changed(self, tagged, plan):
-    _, (source, index, _) = tagged
+  def changed(self, element, sides, plan):
+    source, index, _ = element
     if source.endswith("right.tfrecord") and index == 1:
       if change == "lose":
         return
-      yield from process(self, tagged, plan)
-    yield from process(self, tagged, plan)
+      yield from route(self, element, sides, plan)
+    yield from route(self, element, sides, plan)
 
-  monkeypatch.setattr(write._RouteFn, "process", changed)
+  monkeypatch.setattr(write._RouteFn, "_route", changed)
   _fails_unpublished(small + ["--strategy", "broadcast"], tmp_path / "out" / "p", message)
 
 

@@ -252,6 +252,35 @@ def test_write_cell_equals_write_reference(left, right, self_join, collision, bl
   assert reference[0][1] == len(reference[1])
 
 
+@settings(max_examples=80, deadline=None)
+@given(sides(max_records=6), sides(max_records=6), st.sampled_from(list(SELF_JOINS)), st.integers(0, 5),
+       st.sampled_from([None, (0.5, 3)]), st.sampled_from([8 << 20, 200]))
+def test_a_run_of_payloads_writes_what_its_records_write(left, right, self_join, first, sample, block_bytes):
+  """The broadcast side hands a cell its columns as a ``cells.Run`` (payloads from a first ordinal, no wrapper per
+  record): the fast path, a row cut into column ranges, a self-join's step and the sampled reference path all
+  write the same bytes as for the records themselves."""
+  if self_join in ("combinations", "combinations_with_replacement"):
+    right = left
+  lp = prepared_side(left, "l_", first_ordinal=first)
+  rp = [(ordinal, examples.Prepared((), (), record.payload))
+        for ordinal, record in prepared_side(right, "r_", first_ordinal=first)]
+  run = cells.Run(first, [record.payload for _, record in rp])
+  assert (len(run), list(run.ordinals), run.records()) == (len(rp), [ordinal for ordinal, _ in rp], rp)
+  merge = dict(self_join=self_join, sample=sample)
+  original = cells.BLOCK_BYTES
+  cells.BLOCK_BYTES = block_bytes
+  try:
+    assert _write(cells.write_cell, lp, run, **merge) == _write(write_reference, lp, rp, **merge)
+  finally:
+    cells.BLOCK_BYTES = original
+
+
+def test_a_run_cannot_pass_for_a_side():
+  """A run keeps no names: a merge that needs them must get records, and a run given to one fails loudly."""
+  with pytest.raises(TypeError):
+    iter(cells.Run(0, [b""]))
+
+
 @pytest.mark.skipif(cells._fastframes is None, reason="native module not built")
 def test_native_module_is_used_and_its_crc_is_crc32c():
   import google_crc32c

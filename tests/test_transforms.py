@@ -19,7 +19,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from apache_beam.typehints.decorators import TypeCheckError
 
-from beam_job import cli, stages
+from beam_job import blocks, cli, examples, stages
 from beam_job.errors import JobError, find_job_error
 from beam_job.stages import write
 from beam_job.transforms import Corrupt, CrossProduct, ReadExamples
@@ -361,6 +361,28 @@ def test_broadcast_side_is_built_once_per_process_and_cut_into_column_ranges(tmp
   assert built == [1]
 
 
+def test_the_broadcast_side_comes_back_from_its_blocks_as_the_payloads_in_ordinal_order():
+  """Each worker process unpacks the broadcast blocks once into its copy: a run of payloads in ordinal order, or
+  records with their names when the merge needs them; a record repeated or missing fails the job."""
+  payloads = [examples.prepare(make_example({"right_name": [b"item-%06d" % k], "right_id": [k]})).payload
+              for k in range(2000)]
+  packer, packed = blocks.Packer(block_bytes=20_000), []
+  for k in list(range(1000, 2000)) + list(range(1000)):  # out of order, in several blocks
+    packed.append(packer.add(k, payloads[k]))
+  packed = [block for block in packed + [packer.flush()] if block]
+  assert len(packed) > 2
+  run = write._BroadcastSide(packed, 2000, with_keys=False).columns(range(500, 1500))
+  assert (run.first, run.payloads) == (500, payloads[500:1500])
+  named = write._BroadcastSide(packed, 2000, with_keys=True).columns(range(3, 5))
+  assert named == [(3, examples.from_payload(payloads[3])), (4, examples.from_payload(payloads[4]))]
+  again = blocks.Packer()
+  again.add(7, payloads[7])
+  with pytest.raises(RuntimeError, match="received right record 7 twice"):
+    write._BroadcastSide(packed + [again.flush()], 2000, with_keys=False)
+  with pytest.raises(RuntimeError, match=r"received 2000 right record\(s\), the plan has 2001"):
+    write._BroadcastSide(packed, 2001, with_keys=False)
+
+
 def _coder(pipeline, transform_suffix, output_tag=None):
   """The coder (as URN names, nested) of a transform's output in the pipeline proto the runner receives."""
   proto = pipeline.to_runner_api()
@@ -381,10 +403,10 @@ def test_records_cross_stages_with_deterministic_compact_coders(tmp_path):
   p = _pipeline()
   _ = ((p | "Left" >> beam.Create(LEFT), p | "Right" >> beam.Create(RIGHT))
        | CrossProduct(str(tmp_path / "pairs")))
-  # Prepared records: (source, index, payload), tagged with their side; routed to cells: (shard, (ordinal * 2 +
-  # side, payload)); the broadcast side in blocks: (ordinals, lengths, payloads).
-  assert _coder(p, "PrepareLeft/Parse", "None") == "tuple(string_utf8,varint,bytes)"
-  assert _coder(p, "TagRight") == "kv(varint,tuple(string_utf8,varint,bytes))"
+  # Prepared records in blocks of a source: (source, indexes, lengths, payloads), tagged with their side; routed
+  # to cells: (shard, (ordinal * 2 + side, payload)); the broadcast side in blocks: (ordinals, lengths, payloads).
+  assert _coder(p, "PrepareLeft/Parse", "None") == "tuple(string_utf8,bytes,bytes,bytes)"
+  assert _coder(p, "TagRight") == "kv(varint,tuple(string_utf8,bytes,bytes,bytes))"
   assert _coder(p, "ToCells", "None") == "kv(varint,kv(varint,bytes))"
   assert _coder(p, "ToCells", "broadcast") == "tuple(bytes,bytes,bytes)"
   _ = p | ReadExamples([str(tmp_path / "*.tfrecord")])  # read records: the payload may be a Corrupt

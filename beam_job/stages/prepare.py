@@ -9,7 +9,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsIter
 from apache_beam.transforms.window import GlobalWindows
 
-from beam_job import examples, grouping, output_schema, planning, sources
+from beam_job import blocks, examples, grouping, output_schema, planning, sources
 from beam_job.errors import JobError
 from beam_job.planning import SIDES
 from beam_job.stages import NAMESPACE
@@ -70,8 +70,8 @@ class _Tally:
 
 
 class _PrepareFn(beam.DoFn):
-  """Parses, filters and renames each record once, into ``(source, index, payload)``; bad payloads go to the
-  ``corrupt`` output. What the plan and the schema need is tallied in the same pass and leaves once per bundle
+  """Parses, filters and renames each record once, into its payload, and outputs a source's records in blocks,
+  ``(source, indexes, lengths, payloads)`` (``beam_job.blocks``); bad payloads go to the ``corrupt`` output. What the plan and the schema need is tallied in the same pass and leaves once per bundle
   (``tallies``), so records travel on as bytes only.
 
   ``views`` are the sides made of these records, ``(side, prefix, select)``: one, or both sides of a self-join
@@ -79,13 +79,15 @@ class _PrepareFn(beam.DoFn):
   records and tallies are the ``records`` and ``tallies`` outputs, a second's ``right_records`` and
   ``right_tallies``.
 
-  With ``group_by`` (the group feature) the record's group key comes from the same parse and travels with it,
+  A grouped job (``in_blocks=False``) outputs one record per element, ``(source, index, payload)``. With
+  ``group_by`` (the group feature) the record's group key comes from the same parse and travels with it,
   ``(source, index, payload, key)``, and the records per key are tallied; a record without one fails the job
   or, with ``missing_group='skip'``, goes to the ``corrupt`` output marked ``missing_group``."""
 
   def __init__(self, views: Tuple[Tuple[int, str, Optional[frozenset]], ...], on_corrupt: str, count: bool = True,
-               group_by: Optional[str] = None, missing_group: str = "fail"):
+               group_by: Optional[str] = None, missing_group: str = "fail", in_blocks: bool = True):
     self._views = views
+    self._blocks = in_blocks
     self._side = views[0][0]
     self._group_by = group_by
     self._missing_group = missing_group
@@ -102,9 +104,21 @@ class _PrepareFn(beam.DoFn):
     self._prepare_as = [(prefix, select, tally.shapes) for (_, prefix, select), tally in zip(self._views,
                                                                                             self._tallies)]
     self._finder = sources.RecordFinder()  # used only for a payload that is not an Example
+    self._packers: List[Dict[str, blocks.Packer]] = [{} for _ in self._views]  # per view, per source
+
+  def _block(self, tag: Optional[str], source: str, block: Optional[blocks.Block], windowed: bool = False):
+    element = (source, *block)
+    if windowed:
+      element = GlobalWindows.windowed_value(element)
+    return element if tag is None else beam.pvalue.TaggedOutput(tag, element)
 
   def finish_bundle(self):
     self._finder.close()
+    for tag, packers in zip(self._tags, self._packers):
+      for source, packer in packers.items():
+        block = packer.flush()
+        if block:
+          yield self._block(tag, source, block, windowed=True)
     for (side, _, _), tag, tally in zip(self._views, self._tags, self._tallies):
       yield beam.pvalue.TaggedOutput("tallies" if tag is None else f"{SIDES[side]}_tallies",
                                      GlobalWindows.windowed_value(tally))
@@ -137,8 +151,14 @@ class _PrepareFn(beam.DoFn):
       else:
         if self._count:
           self._records.inc()
-        for view, tag, tally in zip(prepared, self._tags, self._tallies):
+        for view, tag, tally, packers in zip(prepared, self._tags, self._tallies, self._packers):
           tally.add(source, index, view)
+          if self._blocks:
+            packer = packers.get(source) or packers.setdefault(source, blocks.Packer())
+            block = packer.add(index, view.payload)
+            if block:
+              yield self._block(tag, source, block)
+            continue
           if key is not None:
             tally.groups[key] += 1
           record = (source, index, view.payload) if key is None else (source, index, view.payload, key)
@@ -197,7 +217,8 @@ class GatherStats(beam.PTransform):
 
 class PreparedSide(NamedTuple):
   """What ``PrepareSide`` makes of one side's records."""
-  records: beam.PCollection  # of (source, index, prepared payload): Tuple[str, int, bytes] (and key, grouped)
+  records: beam.PCollection  # blocks of prepared payloads, (source, *blocks.Block); one record per element when
+  # grouped: (source, index, payload) and its key with --group_by
   corrupt: beam.PCollection  # of (source, index, Corrupt), for the dead-letter list
   tallies: beam.PCollection  # what each bundle learned about the side, for GatherStats
   read: Optional[beam.PCollection]  # of (side name, records read) per bundle; None unless the side is read here
@@ -219,12 +240,14 @@ class PrepareSide(beam.PTransform):
     side, options = self._side, self._options
     group_by = options.group_names[side] if options.group_names else None
     views = tuple((s, options.prefixes[s], options.selects[s]) for s in ((0, 1) if self._both else (side,)))
-    record_type = Tuple[str, int, bytes] if group_by is None else Tuple[str, int, bytes, bytes]
+    in_blocks = not options.grouped
+    record_type = (Tuple[str, bytes, bytes, bytes] if in_blocks else Tuple[str, int, bytes] if group_by is None
+                   else Tuple[str, int, bytes, bytes])
     tagged = {"corrupt": Any, "tallies": Any}
     if self._both:
       tagged.update(right_records=record_type, right_tallies=Any)
     prepared = records | "Parse" >> beam.ParDo(_PrepareFn(
-        views, options.on_corrupt, self._read, group_by, options.missing_group)).with_output_types(
+        views, options.on_corrupt, self._read, group_by, options.missing_group, in_blocks)).with_output_types(
             record_type, **tagged).with_outputs(*tagged, main="records")
     read = records | "CountRead" >> beam.ParDo(_CountFn(SIDES[side])) if self._read else None
     first = PreparedSide(prepared.records, prepared.corrupt, prepared.tallies, read)

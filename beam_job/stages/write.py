@@ -1,16 +1,15 @@
 """Write cells: each record routed to the cells of its row (left) or column (right), each cell's records
 grouped, and each cell written, where it is computed, to a temporary shard of its own."""
 
-import array
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.pvalue import AsIter, AsSingleton
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
-from beam_job import cells, examples, grouping, lease, outputs, planning, sampling, sinks
+from beam_job import blocks, cells, examples, grouping, lease, outputs, planning, sampling, sinks
 from beam_job.planning import SIDES
 from beam_job.stages import NAMESPACE
 
@@ -21,6 +20,7 @@ if TYPE_CHECKING:
 # deterministic coders (VarInt, Bytes) instead of pickled tuples.
 Routed = Tuple[int, Tuple[int, bytes]]
 Prepared = Tuple[str, int, bytes]  # a prepared record: (source, index, payload)
+PreparedBlock = Tuple[str, bytes, bytes, bytes]  # prepared records of one source: (source, *blocks.Block)
 # Grouped (--group_by, --pairs_per_left): ``(shard, (key, ordinal * 2 + side, payload))``, the encoded group key
 # too, since a shard may hold many groups; and ``((key, ordinal // RANK_BLOCK), (ordinal, payload))`` on the way
 # to a rank, for the records of groups cut along their side.
@@ -55,51 +55,38 @@ def _to_cells(element: Prepared, side: int, plan: planning.Plan, index_name: Opt
     yield shard, value
 
 
-# The broadcast right side travels in blocks of about this many payload bytes, each three byte strings (Beam's
-# Bytes coder): the ordinals and the payload lengths as native int64 arrays, and the payloads end to end. One
-# element per record cost the runner and every worker Python objects per record and per stage (about three
-# times the payloads, measured), for a side input each worker holds whole anyway.
-BROADCAST_BLOCK_BYTES = 4 << 20
-BroadcastBlock = Tuple[bytes, bytes, bytes]
-
-
 class _RouteFn(beam.DoFn):
-  """Routes each prepared record, ``(tag, (source, index, payload))``, as each side ``routes[tag]`` names (both
-  for a self-join's one PCollection): to the cells of its row or column, or, for the right side of a broadcast
-  plan, into the blocks of the ``broadcast`` output."""
+  """Routes the prepared records of each block, ``(tag, (source, indexes, lengths, payloads))`` (``blocks``), as
+  each side ``routes[tag]`` names (both for a self-join's one PCollection): to the cells of its row or column,
+  or, for the right side of a broadcast plan, into the blocks of the ``broadcast`` output, numbered by ordinal
+  (a side input each worker holds whole, so it stays in blocks: see ``blocks`` for why)."""
 
   def __init__(self, routes: Dict[int, Tuple[int, ...]], index_names: Tuple[Optional[str], Optional[str]]):
     self._routes = routes
     self._index_names = index_names
 
   def start_bundle(self):
-    self._new_block()
+    self._broadcast = blocks.Packer()
 
-  def _new_block(self) -> None:
-    self._ordinals, self._lengths, self._payloads, self._size = array.array("q"), array.array("q"), [], 0
+  def process(self, tagged: Tuple[int, PreparedBlock], plan: planning.Plan):
+    tag, (source, indexes, lengths, packed) = tagged
+    sides = self._routes[tag]
+    for index, payload in blocks.unpack((indexes, lengths, packed)):
+      yield from self._route((source, index, payload), sides, plan)
 
-  def _block(self) -> BroadcastBlock:
-    block = (self._ordinals.tobytes(), self._lengths.tobytes(), b"".join(self._payloads))
-    self._new_block()
-    return block
-
-  def process(self, tagged: Tuple[int, Prepared], plan: planning.Plan):
-    tag, element = tagged
-    for side in self._routes[tag]:
+  def _route(self, element: Prepared, sides: Tuple[int, ...], plan: planning.Plan):
+    for side in sides:
       if side == 1 and plan.strategy == "broadcast":
-        ordinal, payload = _indexed(element, 1, plan, self._index_names[1])
-        self._ordinals.append(ordinal)
-        self._lengths.append(len(payload))
-        self._payloads.append(payload)
-        self._size += len(payload)
-        if self._size >= BROADCAST_BLOCK_BYTES:
-          yield beam.pvalue.TaggedOutput("broadcast", self._block())
+        block = self._broadcast.add(*_indexed(element, 1, plan, self._index_names[1]))
+        if block:
+          yield beam.pvalue.TaggedOutput("broadcast", block)
       else:
         yield from _to_cells(element, side, plan, self._index_names[side])
 
   def finish_bundle(self):
-    if self._payloads:
-      yield beam.pvalue.TaggedOutput("broadcast", GlobalWindows.windowed_value(self._block()))
+    block = self._broadcast.flush()
+    if block:
+      yield beam.pvalue.TaggedOutput("broadcast", GlobalWindows.windowed_value(block))
 
 
 def _check_members(where: str, side: str, ordinals: List[int], expected: range) -> None:
@@ -122,17 +109,16 @@ def _records(members: List[Tuple[int, bytes]], with_keys: bool) -> List[Tuple[in
 
 
 class _BroadcastSide:
-  """The broadcast right side as ``(ordinal, Prepared)`` in ordinal order, one copy per worker process
-  (``shared.Shared``), each record placed at its ordinal as its block is read: no sort, and a record missing
-  or received twice fails the job."""
+  """The broadcast right side in ordinal order, one copy per worker process (``shared.Shared``), each record
+  placed at its ordinal as its block is read: no sort, and a record missing or received twice fails the job.
+  Held as payloads alone (a cell takes a ``cells.Run`` of them), or as ``(ordinal, Prepared)`` records when the
+  merge needs their names (``--collision left`` or ``right`` with colliding names)."""
 
-  def __init__(self, blocks: Iterable[BroadcastBlock], right_count: int, with_keys: bool):
+  def __init__(self, broadcast: Iterable[blocks.Block], right_count: int, with_keys: bool):
     payloads: List[Optional[bytes]] = [None] * right_count
     received = 0
-    for ordinals, lengths, block in blocks:
-      end = 0
-      for ordinal, length in zip(array.array("q", ordinals), array.array("q", lengths)):
-        payload, end = block[end:end + length], end + length
+    for block in broadcast:
+      for ordinal, payload in blocks.unpack(block):
         received += 1
         if not 0 <= ordinal < right_count or payloads[ordinal] is not None:
           raise RuntimeError(f"record accounting: the broadcast side received right record {ordinal} "
@@ -142,8 +128,15 @@ class _BroadcastSide:
     if received != right_count:
       raise RuntimeError(f"record accounting: the broadcast side received {received} right record(s), the plan "
                          f"has {right_count}; the runner lost or duplicated records between routing and the cell")
-    make = examples.from_payload if with_keys else lambda payload: examples.Prepared((), (), payload)
-    self.records = [(ordinal, make(payload)) for ordinal, payload in enumerate(payloads)]
+    self._payloads = None if with_keys else payloads
+    self._records = [(ordinal, examples.from_payload(payload)) for ordinal, payload in enumerate(payloads)] if (
+        with_keys) else None
+
+  def columns(self, span: range) -> Union[cells.Run, List[Tuple[int, examples.Prepared]]]:
+    """The right records of a cell's column range."""
+    if self._records is not None:
+      return self._records[span.start:span.stop]
+    return cells.Run(span.start, self._payloads[span.start:span.stop])
 
 
 class _WriteCellFn(beam.DoFn):
@@ -158,7 +151,7 @@ class _WriteCellFn(beam.DoFn):
     self._bytes = beam.metrics.Metrics.counter(NAMESPACE, "bytes_written")
 
   def process(self, element: Tuple[int, Iterable[Tuple[int, bytes]]], plan: planning.Plan,
-              broadcast: Iterable[BroadcastBlock]) -> Iterable[Dict[str, Any]]:
+              broadcast: Iterable[blocks.Block]) -> Iterable[Dict[str, Any]]:
     shard, members = element
     options, token = self._options, plan.run
     if time.time() - self._renewed > lease.RENEW_SECONDS:
@@ -173,14 +166,15 @@ class _WriteCellFn(beam.DoFn):
     left = _records(sides[0], with_keys)
     if plan.strategy == "broadcast":
       whole = self._shared.acquire(lambda: _BroadcastSide(broadcast, plan.right_count, with_keys), tag=token)
-      right = whole.records[expected[1].start:expected[1].stop]
+      right = whole.columns(expected[1])
       if sides[1]:
         raise RuntimeError(f"record accounting: cell {(row, col)} received right records although the right "
                            "side is broadcast")
     else:
       right = _records(sides[1], with_keys)
     _check_members(f"cell {(row, col)}", "left", [o for o, _ in left], expected[0])
-    _check_members(f"cell {(row, col)}", "right", [o for o, _ in right], expected[1])
+    _check_members(f"cell {(row, col)}", "right", list(right.ordinals) if isinstance(right, cells.Run) else [
+        o for o, _ in right], expected[1])
     path = sinks.attempt_path(outputs.temp_dir(options.output, token), shard, plan.shard_count)
     sample = (options.sample_rate, options.seed) if options.sample_rate < 1 else None
     with sinks.open_shard(path, options.output_compression) as out:
@@ -340,7 +334,8 @@ class _WriteGroupCellFn(beam.DoFn):
 
 
 class WriteCells(beam.PTransform):
-  """Applied to ``(left, right)`` prepared records: writes every cell of ``plan`` (the ``Plan`` singleton) to a
+  """Applied to ``(left, right)`` prepared records (in blocks, ``PreparedBlock``; one record per element when
+  grouped, ``Prepared`` and its key): writes every cell of ``plan`` (the ``Plan`` singleton) to a
   temporary shard and outputs one result per cell (shard, temporary name, size, pairs, records per side).
 
   A grid sends each record to the cells of its row or column; a broadcast plan sends the left records to their
@@ -364,10 +359,10 @@ class WriteCells(beam.PTransform):
       routes, inputs = {0: (0, 1)}, [records[0]]
     else:
       routes, inputs = {0: (0,), 1: (1,)}, records
-    tagged = ([pcoll | f"Tag{SIDES[i].title()}" >> beam.Map(lambda record, tag: (tag, record), i).with_output_types(
-        Tuple[int, Prepared]) for i, pcoll in enumerate(inputs)] | "BothSides" >> beam.Flatten())
+    tagged = ([pcoll | f"Tag{SIDES[i].title()}" >> beam.Map(lambda block, tag: (tag, block), i).with_output_types(
+        Tuple[int, PreparedBlock]) for i, pcoll in enumerate(inputs)] | "BothSides" >> beam.Flatten())
     routed = tagged | "ToCells" >> beam.ParDo(_RouteFn(routes, index_names), AsSingleton(plan)).with_output_types(
-        Routed, broadcast=BroadcastBlock).with_outputs("broadcast", main="cells")
+        Routed, broadcast=blocks.Block).with_outputs("broadcast", main="cells")
     return (routed.cells
             | "GroupCells" >> beam.GroupByKey()
             | "WriteCell" >> beam.ParDo(_WriteCellFn(self._options, self._self_join), AsSingleton(plan),
