@@ -46,3 +46,20 @@ def test_a_damaged_block_fails_instead_of_shifting_payloads():
     list(blocks.unpack((numbers, lengths[:8], packed)))
   with pytest.raises(ValueError, match="damaged between stages"):
     list(blocks.unpack((numbers[:8], lengths, packed)))
+
+
+def test_the_parsing_step_closes_a_sources_block_when_the_next_source_begins():
+  """Records of a source arrive together as it is read: a bundle of many files holds one open block, not one per
+  file, and every record comes out once, in a block of its own source."""
+  from beam_job.stages import prepare  # pylint: disable=import-outside-toplevel
+  parse = prepare._PrepareFn(((0, "", None),), on_corrupt="fail", count=False)
+  parse.start_bundle()
+  emitted = []  # (records processed so far, source of the block)
+  records = [(f"file{f}", k, make_example({"f": [f], "k": [k]})) for f in range(3) for k in range(4)]
+  for done, record in enumerate(records, 1):
+    emitted += [(done, block) for block in parse.process(record)]
+  ends = [element for element in parse.finish_bundle()]
+  emitted += [(len(records), end.value) for end in ends if end.__class__.__name__ == "WindowedValue"]
+  assert [(done, block[0]) for done, block in emitted] == [(5, "file0"), (9, "file1"), (12, "file2")]
+  assert [(source, k) for _, (source, *block) in emitted for k, _ in blocks.unpack(tuple(block))] == [
+      (source, k) for source, k, _ in records]

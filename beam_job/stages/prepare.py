@@ -104,7 +104,20 @@ class _PrepareFn(beam.DoFn):
     self._prepare_as = [(prefix, select, tally.shapes) for (_, prefix, select), tally in zip(self._views,
                                                                                             self._tallies)]
     self._finder = sources.RecordFinder()  # used only for a payload that is not an Example
-    self._packers: List[Dict[str, blocks.Packer]] = [{} for _ in self._views]  # per view, per source
+    # Per view, the source whose records are being packed: records of a source arrive together as it is read,
+    # so a bundle of many files holds one open block per view, not one per file.
+    self._open: List[Tuple[Optional[str], blocks.Packer]] = [(None, blocks.Packer()) for _ in self._views]
+
+  def _pack(self, view: int, tag: Optional[str], source: str, index: int, payload: bytes):
+    open_source, packer = self._open[view]
+    if source != open_source:
+      block = packer.flush()
+      if block:
+        yield self._block(tag, open_source, block)
+      self._open[view] = (source, packer)
+    block = packer.add(index, payload)
+    if block:
+      yield self._block(tag, source, block)
 
   def _block(self, tag: Optional[str], source: str, block: Optional[blocks.Block], windowed: bool = False):
     element = (source, *block)
@@ -114,11 +127,10 @@ class _PrepareFn(beam.DoFn):
 
   def finish_bundle(self):
     self._finder.close()
-    for tag, packers in zip(self._tags, self._packers):
-      for source, packer in packers.items():
-        block = packer.flush()
-        if block:
-          yield self._block(tag, source, block, windowed=True)
+    for tag, (source, packer) in zip(self._tags, self._open):
+      block = packer.flush()
+      if block:
+        yield self._block(tag, source, block, windowed=True)
     for (side, _, _), tag, tally in zip(self._views, self._tags, self._tallies):
       yield beam.pvalue.TaggedOutput("tallies" if tag is None else f"{SIDES[side]}_tallies",
                                      GlobalWindows.windowed_value(tally))
@@ -151,13 +163,10 @@ class _PrepareFn(beam.DoFn):
       else:
         if self._count:
           self._records.inc()
-        for view, tag, tally, packers in zip(prepared, self._tags, self._tallies, self._packers):
+        for i, (view, tag, tally) in enumerate(zip(prepared, self._tags, self._tallies)):
           tally.add(source, index, view)
           if self._blocks:
-            packer = packers.get(source) or packers.setdefault(source, blocks.Packer())
-            block = packer.add(index, view.payload)
-            if block:
-              yield self._block(tag, source, block)
+            yield from self._pack(i, tag, source, index, view.payload)
             continue
           if key is not None:
             tally.groups[key] += 1
