@@ -3,6 +3,7 @@
 import random
 
 import pytest
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_job import blocks, examples
 from tests.helpers import make_example
@@ -59,7 +60,7 @@ def test_the_parsing_step_closes_a_sources_block_when_the_next_source_begins():
   for done, record in enumerate(records, 1):
     emitted += [(done, block) for block in parse.process(record)]
   ends = [element for element in parse.finish_bundle()]
-  emitted += [(len(records), end.value) for end in ends if end.__class__.__name__ == "WindowedValue"]
+  emitted += [(len(records), end.value) for end in ends if isinstance(end, WindowedValue)]  # the tallies are tagged
   assert [(done, block[0]) for done, block in emitted] == [(5, "file0"), (9, "file1"), (12, "file2")]
   assert [(source, k) for _, (source, *block) in emitted for k, _ in blocks.unpack(tuple(block))] == [
       (source, k) for source, k, _ in records]

@@ -71,8 +71,9 @@ class _Tally:
 
 class _PrepareFn(beam.DoFn):
   """Parses, filters and renames each record once, into its payload, and outputs a source's records in blocks,
-  ``(source, indexes, lengths, payloads)`` (``beam_job.blocks``); bad payloads go to the ``corrupt`` output. What the plan and the schema need is tallied in the same pass and leaves once per bundle
-  (``tallies``), so records travel on as bytes only.
+  ``(source, indexes, lengths, payloads)`` (``beam_job.blocks``); bad payloads go to the ``corrupt`` output.
+  What the plan and the schema need is tallied in the same pass and leaves once per bundle (``tallies``), so
+  records travel on as bytes only.
 
   ``views`` are the sides made of these records, ``(side, prefix, select)``: one, or both sides of a self-join
   renamed or selected apart, prepared from the same parse (``examples.prepare_views``). The first view's
@@ -119,7 +120,7 @@ class _PrepareFn(beam.DoFn):
     if block:
       yield self._block(tag, source, block)
 
-  def _block(self, tag: Optional[str], source: str, block: Optional[blocks.Block], windowed: bool = False):
+  def _block(self, tag: Optional[str], source: str, block: blocks.Block, windowed: bool = False):
     element = (source, *block)
     if windowed:
       element = GlobalWindows.windowed_value(element)

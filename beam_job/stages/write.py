@@ -2,7 +2,7 @@
 grouped, and each cell written, where it is computed, to a temporary shard of its own."""
 
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.pvalue import AsIter, AsSingleton
@@ -89,7 +89,7 @@ class _RouteFn(beam.DoFn):
       yield beam.pvalue.TaggedOutput("broadcast", GlobalWindows.windowed_value(block))
 
 
-def _check_members(where: str, side: str, ordinals: List[int], expected: range) -> None:
+def _check_members(where: str, side: str, ordinals: Sequence[int], expected: range) -> None:
   """A cell holds each record of its row (column) exactly once: any runner loss or duplicate fails it here."""
   if len(ordinals) == len(expected) and (not ordinals or (ordinals[0] == expected.start and
                                                           ordinals[-1] == expected.stop - 1 and
@@ -173,7 +173,7 @@ class _WriteCellFn(beam.DoFn):
     else:
       right = _records(sides[1], with_keys)
     _check_members(f"cell {(row, col)}", "left", [o for o, _ in left], expected[0])
-    _check_members(f"cell {(row, col)}", "right", list(right.ordinals) if isinstance(right, cells.Run) else [
+    _check_members(f"cell {(row, col)}", "right", right.ordinals if isinstance(right, cells.Run) else [
         o for o, _ in right], expected[1])
     path = sinks.attempt_path(outputs.temp_dir(options.output, token), shard, plan.shard_count)
     sample = (options.sample_rate, options.seed) if options.sample_rate < 1 else None
@@ -367,4 +367,3 @@ class WriteCells(beam.PTransform):
             | "GroupCells" >> beam.GroupByKey()
             | "WriteCell" >> beam.ParDo(_WriteCellFn(self._options, self._self_join), AsSingleton(plan),
                                         AsIter(routed.broadcast)))
-
