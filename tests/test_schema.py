@@ -75,8 +75,8 @@ def _assert_parses_back(records, spec, expected):
   for name in spec:
     rows = _rows(parsed[name])
     assert len(rows) == len(records)
-    for row, example in zip(rows, expected):
-      want = _values(example, name)
+    for row, record in zip(rows, expected):
+      want = _values(record, name)
       assert len(row) == len(want) and all(_same(g, w) for g, w in zip(row, want)), (name, row, want)
 
 
