@@ -108,8 +108,9 @@ def to_text(description: dict) -> str:
       f"pairs:          {description['pairs']:,}{sampled}",
       f"output:         ~{description['estimated_bytes'] / 1e6:,.1f} MB in {description['shards']:,} shard(s), "
       f"e.g. {description['first_shard']}",
-      f"strategy:       {description['strategy']} (~{description['shuffle_bytes'] / 1e6:,.1f} MB of records "
-      "moved between stages)",
+      f"strategy:       {description['strategy']}"
+      f"{', each record routed to the cells of its kept pairs' if grid.get('routed_by_kept_pairs') else ''} "
+      f"(~{description['shuffle_bytes'] / 1e6:,.1f} MB of records moved between stages)",
       f"cell grid:      {grid['rows']} x {grid['cols']} chunks of {grid['row_chunk']:,} x {grid['col_chunk']:,} "
       f"records, {grid['cells']} non-empty cell(s)",
       f"per cell:       at most {description['cell_records'][0]:,} + {description['cell_records'][1]:,} records, "

@@ -32,6 +32,9 @@ RECORD_MEMORY_BYTES = 160
 # A sampled job has few pairs per cell: a cell still holds at most 1 / SAMPLED_SPLITS of each side (broadcast:
 # 1 / SAMPLED_SPLITS ** 2 of the left side), so that the work spreads over workers.
 SAMPLED_SPLITS = 4
+# Bytes moved per kept pair by a sampled grid routed by its kept pairs (``sparse``): the request for a right
+# record, its right ordinal and shard, with the runner's framing; also per cell, for its marker.
+REQUEST_BYTES = 16
 # The writer's blocks of frames (cells.BLOCK_BYTES), for the estimates.
 WRITE_BLOCK_BYTES = 8 << 20
 # Frame (16 bytes) plus the Example header (at most 6 bytes for records under 4 GB).
@@ -166,6 +169,9 @@ class Plan:
   # --group_by / --pairs_per_left: the cells are this ``grouping.GroupedPlan``'s; the fields above still give the
   # ordinals, counts and collisions (the grid fields are unused)
   grouped: Optional[Any] = None
+  # A sampled grid routed by its kept pairs (``sparse_cells``): each record goes only to the cells where it
+  # keeps a pair, chosen when that moves fewer bytes than sending it to its whole row or column.
+  sparse: bool = False
 
   def __getstate__(self):
     return {k: v for k, v in self.__dict__.items() if k != "cells"}  # the cache stays behind
@@ -174,12 +180,26 @@ class Plan:
   def shuffle_bytes(self) -> int:
     """Record bytes moved between stages to build the cells (never the pairs themselves): each left record
     goes to every cell of its row, and each right record to every cell of its column, or, broadcast, to every
-    worker process once as a side input (counted once)."""
+    worker process once as a side input (counted once); routed by kept pairs, see ``sparse_shuffle_bytes``."""
     if self.grouped is not None:
       return self.grouped.shuffle_bytes()
     if self.strategy == "broadcast":
       return self.side_bytes[0] * self.cols + self.side_bytes[1]
+    if self.sparse:
+      return self.sparse_shuffle_bytes
     return self.side_bytes[0] * self.cols + self.side_bytes[1] * self.rows
+
+  @property
+  def sparse_shuffle_bytes(self) -> int:
+    """The shuffle of a sampled grid routed by its kept pairs (expected): a left record goes to each cell of
+    its row where it keeps a pair (of ``col_chunk`` columns, each kept at the rate), a right record once to the
+    join on its ordinal and from there to each cell that asks for it, and every kept pair asks once; each cell
+    gets one marker."""
+    def keeps(chunk: int) -> float:  # the chance that a record keeps a pair among ``chunk`` others
+      return -math.expm1(chunk * math.log1p(-min(self.sample_rate, 1 - 1e-16)))
+    left = self.side_bytes[0] * self.cols * keeps(min(self.col_chunk, self.right_count))
+    right = self.side_bytes[1] * (1 + self.rows * keeps(min(self.row_chunk, self.left_count)))
+    return int(left + right + (self.pairs + len(self.cells)) * REQUEST_BYTES)
 
   @property
   def averages(self) -> Tuple[float, float]:
@@ -221,8 +241,9 @@ class Plan:
     """The cell grid, as the summary and the dry run show it."""
     if self.grouped is not None:
       return self.grouped.grid_summary()
-    return {"rows": self.rows, "cols": self.cols, "row_chunk": self.row_chunk, "col_chunk": self.col_chunk,
+    grid = {"rows": self.rows, "cols": self.cols, "row_chunk": self.row_chunk, "col_chunk": self.col_chunk,
             "cells": len(self.cells)}
+    return dict(grid, routed_by_kept_pairs=True) if self.sparse else grid
 
   @property
   def shard_count(self) -> int:
@@ -480,8 +501,11 @@ def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Op
   square = self_join in MIN_STEP and strategy == "grid"
   budget = min(target_shard_bytes, CELL_INPUT_MAX_BYTES)
   row_chunk, col_chunk = _chunks(n, m, pairs_per_cell, strategy, square, averages, budget, sample_rate < 1)
-  return Plan(strategy=strategy, self_join=self_join, left_count=n, right_count=m, row_chunk=row_chunk,
+  plan = Plan(strategy=strategy, self_join=self_join, left_count=n, right_count=m, row_chunk=row_chunk,
               col_chunk=col_chunk, offsets=(_offsets(left.good), _offsets(right.good)),
               bad=(dict(left.bad), dict(right.bad)), collisions=collisions, pairs=pairs,
               estimated_bytes=int(pairs * pair_bytes), sample_rate=sample_rate,
               side_bytes=(left.payload_bytes, right.payload_bytes), collision=collision, problems=tuple(problems))
+  if sample_rate < 1 and strategy == "grid" and plan.sparse_shuffle_bytes < plan.shuffle_bytes:
+    plan = dataclasses.replace(plan, sparse=True)
+  return plan

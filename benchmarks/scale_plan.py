@@ -49,7 +49,8 @@ def plan_row(label: str, left: int, right: int, options: dict, record_bytes: int
     plan = planning.make_plan(side(left, record_bytes), side(right, record_bytes), **settings)
   except JobError as e:
     return {**row, "error": str(e)}
-  return {**row, "strategy": plan.strategy, "rows": plan.rows, "cols": plan.cols, "row_chunk": plan.row_chunk,
+  strategy = plan.strategy + (", by kept pairs" if plan.sparse else "")  # see sparse_cells
+  return {**row, "strategy": strategy, "rows": plan.rows, "cols": plan.cols, "row_chunk": plan.row_chunk,
           "col_chunk": plan.col_chunk, "cells": len(plan.cells), "pairs": plan.pairs,
           "records_per_cell": min(plan.row_chunk, plan.left_count) + min(plan.col_chunk, plan.right_count),
           "cell_input_bytes": plan.cell_input_bytes,

@@ -69,7 +69,7 @@ def _grouped(plan: planning.Plan, left_stats: planning.SideStats, right_stats: p
     problems.append(str(e))
     cells = grouping.make_grouped_plan(counts, plan.averages, **dict(grouped, max_pairs=planning.MAX_PAIRS))
   pair_bytes = sum(plan.averages) + planning.PAIR_OVERHEAD_BYTES
-  return dataclasses.replace(plan, grouped=cells, strategy="grouped", pairs=cells.pairs,
+  return dataclasses.replace(plan, grouped=cells, strategy="grouped", sparse=False, pairs=cells.pairs,
                              estimated_bytes=int(cells.pairs * pair_bytes), problems=tuple(problems))
 
 

@@ -1,15 +1,16 @@
-"""Write cells: each record routed to the cells of its row (left) or column (right), each cell's records
-grouped, and each cell written, where it is computed, to a temporary shard of its own."""
+"""Write cells: each record routed to the cells of its row (left) or column (right), or, for a sampled grid
+routed by its kept pairs, to the cells where it keeps a pair (``sparse_cells``), each cell's records grouped,
+and each cell written, where it is computed, to a temporary shard of its own."""
 
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.pvalue import AsIter, AsSingleton
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
-from beam_job import blocks, cells, examples, grouping, lease, outputs, planning, sampling, sinks
+from beam_job import blocks, cells, examples, grouping, lease, outputs, planning, sampling, sinks, sparse_cells
 from beam_job.planning import SIDES
 from beam_job.stages import NAMESPACE
 
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
 # Records between stages: ``(shard, (ordinal * 2 + side, payload))``, integers and bytes with Beam's
 # deterministic coders (VarInt, Bytes) instead of pickled tuples.
 Routed = Tuple[int, Tuple[int, bytes]]
+# Kept-pair routing (``Plan.sparse``) joins on right ordinals: ``(right ordinal, (shard, b""))`` asks for a right
+# record in a cell, ``(right ordinal, (OFFERED, payload))`` is the record; ``(shard, (MARKER, b""))`` reaches
+# every cell once, so that each cell is written (and checks its records) even when nothing is routed to it.
+Wanted = Tuple[int, Tuple[int, bytes]]
+OFFERED = MARKER = -1
 Prepared = Tuple[str, int, bytes]  # a prepared record: (source, index, payload)
 PreparedBlock = Tuple[str, bytes, bytes, bytes]  # prepared records of one source: (source, *blocks.Block)
 # Grouped (--group_by, --pairs_per_left): ``(shard, (key, ordinal * 2 + side, payload))``, the encoded group key
@@ -55,15 +61,54 @@ def _to_cells(element: Prepared, side: int, plan: planning.Plan, index_name: Opt
     yield shard, value
 
 
+def _to_kept_cells(element: Prepared, side: int, plan: planning.Plan, index_name: Optional[str], seed: int):
+  """Kept-pair routing: a left record to the cells where it keeps pairs, asking (on the ``wanted`` output) for
+  each kept right record there; a right record to the join on its ordinal."""
+  ordinal, payload = _indexed(element, side, plan, index_name)
+  if side == 1:
+    yield beam.pvalue.TaggedOutput("wanted", (ordinal, (OFFERED, payload)))
+    return
+  for shard, kept in sparse_cells.left_cells(plan, seed, ordinal):
+    yield shard, (ordinal * 2, payload)
+    for right in kept:
+      yield beam.pvalue.TaggedOutput("wanted", (right, (shard, b"")))
+
+
+def _deliver(element: Tuple[int, Iterable[Tuple[int, bytes]]]) -> Iterator[Routed]:
+  """A right record to each cell that asked for it (kept-pair routing); it must have arrived exactly once."""
+  ordinal, values = element
+  payloads, shards = [], set()
+  for shard, payload in values:
+    if shard == OFFERED:
+      payloads.append(payload)
+    else:
+      shards.add(shard)
+  if len(payloads) != 1:
+    raise RuntimeError(f"record accounting: right record {ordinal} reached the join on right ordinals "
+                       f"{len(payloads)} time(s), asked for by {len(shards)} cell(s); the runner lost or duplicated "
+                       "records between routing and the join")
+  for shard in sorted(shards):
+    yield shard, (ordinal * 2 + 1, payloads[0])
+
+
+def _markers(plan: planning.Plan) -> Iterator[Routed]:
+  if plan.sparse:
+    for shard in range(len(plan.cells)):
+      yield shard, (MARKER, b"")
+
+
 class _RouteFn(beam.DoFn):
   """Routes the prepared records of each block, ``(tag, (source, indexes, lengths, payloads))`` (``blocks``), as
-  each side ``routes[tag]`` names (both for a self-join's one PCollection): to the cells of its row or column,
-  or, for the right side of a broadcast plan, into the blocks of the ``broadcast`` output, numbered by ordinal
-  (a side input each worker holds whole, so it stays in blocks: see ``blocks`` for why)."""
+  each side ``routes[tag]`` names (both for a self-join's one PCollection): to the cells of its row or column
+  (of its kept pairs, ``Plan.sparse``, with the right side to the ``wanted`` output), or, for the right side of
+  a broadcast plan, into the blocks of the ``broadcast`` output, numbered by ordinal (a side input each worker
+  holds whole, so it stays in blocks: see ``blocks`` for why)."""
 
-  def __init__(self, routes: Dict[int, Tuple[int, ...]], index_names: Tuple[Optional[str], Optional[str]]):
+  def __init__(self, routes: Dict[int, Tuple[int, ...]], index_names: Tuple[Optional[str], Optional[str]],
+               seed: int):
     self._routes = routes
     self._index_names = index_names
+    self._seed = seed
 
   def start_bundle(self):
     self._broadcast = blocks.Packer()
@@ -80,6 +125,8 @@ class _RouteFn(beam.DoFn):
         block = self._broadcast.add(*_indexed(element, 1, plan, self._index_names[1]))
         if block:
           yield beam.pvalue.TaggedOutput("broadcast", block)
+      elif plan.sparse:
+        yield from _to_kept_cells(element, side, plan, self._index_names[side], self._seed)
       else:
         yield from _to_cells(element, side, plan, self._index_names[side])
 
@@ -98,6 +145,29 @@ def _check_members(where: str, side: str, ordinals: Sequence[int], expected: ran
   raise RuntimeError(f"record accounting: {where} received {len(ordinals)} {side} record(s) (distinct "
                      f"{len(set(ordinals))}), the plan routes {len(expected)} to it (ordinals {expected.start}.."
                      f"{expected.stop - 1}); the runner lost or duplicated records between routing and the cell")
+
+
+def _kept_columns(plan: planning.Plan, seed: int, row: int, col: int, markers: int,
+                  left: List[Tuple[int, Any]], right: List[Tuple[int, Any]]) -> Callable[[int], List[int]]:
+  """A cell routed by kept pairs: checks that it holds exactly the records of its kept pairs (worked out again
+  from the sampling) and its one marker; returns, for ``cells.write_reference``, the positions in ``right``
+  paired with each position in ``left``: the pairs, in the order, that sampling the whole cell gives."""
+  where = f"cell {(row, col)}"
+  if markers != 1:
+    raise RuntimeError(f"record accounting: {where} received its marker {markers} time(s); the runner lost or "
+                       "duplicated records between routing and the cell")
+  kept_rows = sparse_cells.cell_rows(plan, seed, row, col)
+  _check_kept(where, "left", [o for o, _ in left], [o for o, _ in kept_rows])
+  _check_kept(where, "right", [o for o, _ in right], sparse_cells.cell_columns(kept_rows))
+  position = {ordinal: j for j, (ordinal, _) in enumerate(right)}
+  return lambda i: [position[ordinal] for ordinal in kept_rows[i][1]]
+
+
+def _check_kept(where: str, side: str, ordinals: List[int], expected: List[int]) -> None:
+  if ordinals != expected:
+    raise RuntimeError(f"record accounting: {where} received {len(ordinals)} {side} record(s) (distinct "
+                       f"{len(set(ordinals))}), the plan routes {len(expected)} to it (those with kept pairs); the "
+                       "runner lost or duplicated records between routing and the cell")
 
 
 def _records(members: List[Tuple[int, bytes]], with_keys: bool) -> List[Tuple[int, examples.Prepared]]:
@@ -160,10 +230,14 @@ class _WriteCellFn(beam.DoFn):
     row, col, _ = plan.cells[shard]
     expected = plan.members(row, col)
     with_keys = options.collision in ("left", "right") and bool(plan.collisions)
-    sides = ([], [])
+    sides, markers = ([], []), 0
     for key, payload in members:
-      sides[key & 1].append((key >> 1, payload))
+      if key == MARKER:
+        markers += 1
+      else:
+        sides[key & 1].append((key >> 1, payload))
     left = _records(sides[0], with_keys)
+    columns = None
     if plan.strategy == "broadcast":
       whole = self._shared.acquire(lambda: _BroadcastSide(broadcast, plan.right_count, with_keys), tag=token)
       right = whole.columns(expected[1])
@@ -172,14 +246,20 @@ class _WriteCellFn(beam.DoFn):
                            "side is broadcast")
     else:
       right = _records(sides[1], with_keys)
-    _check_members(f"cell {(row, col)}", "left", [o for o, _ in left], expected[0])
-    _check_members(f"cell {(row, col)}", "right", right.ordinals if isinstance(right, cells.Run) else [
-        o for o, _ in right], expected[1])
+    if plan.sparse:
+      columns = _kept_columns(plan, options.seed, row, col, markers, left, right)
+    else:
+      _check_members(f"cell {(row, col)}", "left", [o for o, _ in left], expected[0])
+      _check_members(f"cell {(row, col)}", "right", right.ordinals if isinstance(right, cells.Run) else [
+          o for o, _ in right], expected[1])
     path = sinks.attempt_path(outputs.temp_dir(options.output, token), shard, plan.shard_count)
-    sample = (options.sample_rate, options.seed) if options.sample_rate < 1 else None
+    merge = {"self_join": self._self_join, "collision": options.collision, "collisions": plan.collisions}
     with sinks.open_shard(path, options.output_compression) as out:
-      pairs, size = cells.write_cell(left, right, out, self_join=self._self_join, collision=options.collision,
-                                     collisions=plan.collisions, sample=sample)
+      if columns is not None:
+        pairs, size = cells.write_reference(left, right, out, columns=columns, **merge)
+      else:
+        sample = (options.sample_rate, options.seed) if options.sample_rate < 1 else None
+        pairs, size = cells.write_cell(left, right, out, sample=sample, **merge)
     self._pairs.inc(pairs)
     self._bytes.inc(size)
     yield {"shard": shard, "temp": path, "size": out.count, "pairs": pairs, "record_bytes": size,
@@ -339,7 +419,9 @@ class WriteCells(beam.PTransform):
   temporary shard and outputs one result per cell (shard, temporary name, size, pairs, records per side).
 
   A grid sends each record to the cells of its row or column; a broadcast plan sends the left records to their
-  row's cells and the whole right side to every worker, as a side input."""
+  row's cells and the whole right side to every worker, as a side input; a sampled grid routed by its kept pairs
+  sends each left record to the cells where it keeps pairs and each right record, through a join on right
+  ordinals, to the cells that ask for it (``sparse_cells``)."""
 
   def __init__(self, options: "PairOptions", self_join: Optional[str], plan: beam.PCollection[planning.Plan]):
     super().__init__()
@@ -361,9 +443,16 @@ class WriteCells(beam.PTransform):
       routes, inputs = {0: (0,), 1: (1,)}, records
     tagged = ([pcoll | f"Tag{SIDES[i].title()}" >> beam.Map(lambda block, tag: (tag, block), i).with_output_types(
         Tuple[int, PreparedBlock]) for i, pcoll in enumerate(inputs)] | "BothSides" >> beam.Flatten())
-    routed = tagged | "ToCells" >> beam.ParDo(_RouteFn(routes, index_names), AsSingleton(plan)).with_output_types(
-        Routed, broadcast=blocks.Block).with_outputs("broadcast", main="cells")
-    return (routed.cells
+    routed = tagged | "ToCells" >> beam.ParDo(_RouteFn(routes, index_names, self._options.seed),
+                                              AsSingleton(plan)).with_output_types(
+        Routed, broadcast=blocks.Block, wanted=Wanted).with_outputs("broadcast", "wanted", main="cells")
+    to_cells = routed.cells
+    if self._options.sample_rate < 1:  # the plan may route by kept pairs: right records go where asked for
+      delivered = routed.wanted | "JoinWanted" >> beam.GroupByKey() | "Deliver" >> beam.FlatMap(
+          _deliver).with_output_types(Routed)
+      markers = plan | "Markers" >> beam.FlatMap(_markers).with_output_types(Routed)
+      to_cells = (to_cells, delivered, markers) | "ToKeptCells" >> beam.Flatten()
+    return (to_cells
             | "GroupCells" >> beam.GroupByKey()
             | "WriteCell" >> beam.ParDo(_WriteCellFn(self._options, self._self_join), AsSingleton(plan),
                                         AsIter(routed.broadcast)))
