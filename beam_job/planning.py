@@ -35,6 +35,9 @@ SAMPLED_SPLITS = 4
 # Bytes moved per kept pair by a sampled grid routed by its kept pairs (``sparse``): the request for a right
 # record, its right ordinal and shard, with the runner's framing; also per cell, for its marker.
 REQUEST_BYTES = 16
+# Routing by kept pairs adds a shuffle (the join on right ordinals), an element per kept pair and a second
+# working out of the sampling: it is chosen only when it moves at most this share of whole-row routing's bytes.
+SPARSE_MAX_SHARE = 0.5
 # The writer's blocks of frames (cells.BLOCK_BYTES), for the estimates.
 WRITE_BLOCK_BYTES = 8 << 20
 # Frame (16 bytes) plus the Example header (at most 6 bytes for records under 4 GB).
@@ -170,7 +173,8 @@ class Plan:
   # ordinals, counts and collisions (the grid fields are unused)
   grouped: Optional[Any] = None
   # A sampled grid routed by its kept pairs (``sparse_cells``): each record goes only to the cells where it
-  # keeps a pair, chosen when that moves fewer bytes than sending it to its whole row or column.
+  # keeps a pair, chosen when that moves at most SPARSE_MAX_SHARE of the bytes of sending it to its whole row
+  # or column.
   sparse: bool = False
 
   def __getstate__(self):
@@ -425,6 +429,13 @@ def _chunks(left: int, right: int, pairs_per_cell: int, strategy: str, square: b
   return row, col
 
 
+def may_route_by_kept_pairs(sample_rate: float, strategy: str) -> bool:
+  """Whether a job with these options may be routed by its kept pairs (``Plan.sparse``), known before the data
+  is read: the pipeline builds the join on right ordinals only then. (At rate 1/2 or more a record keeps pairs
+  in at least half the cells of its row, so routing by kept pairs could never move under half the bytes.)"""
+  return sample_rate < SPARSE_MAX_SHARE and strategy != "broadcast"
+
+
 def _check_max_pairs(pairs: int, all_pairs: int, n: int, m: int, max_pairs: int, sample_rate: float) -> None:
   if pairs > max_pairs:
     sampled = f" sampled at --sample_rate {sample_rate} from {all_pairs:,}" if sample_rate < 1 else ""
@@ -506,6 +517,7 @@ def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Op
               bad=(dict(left.bad), dict(right.bad)), collisions=collisions, pairs=pairs,
               estimated_bytes=int(pairs * pair_bytes), sample_rate=sample_rate,
               side_bytes=(left.payload_bytes, right.payload_bytes), collision=collision, problems=tuple(problems))
-  if sample_rate < 1 and strategy == "grid" and plan.sparse_shuffle_bytes < plan.shuffle_bytes:
+  if may_route_by_kept_pairs(sample_rate, strategy) and 0 < plan.sparse_shuffle_bytes <= (
+      SPARSE_MAX_SHARE * plan.shuffle_bytes):
     plan = dataclasses.replace(plan, sparse=True)
   return plan

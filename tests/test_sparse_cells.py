@@ -81,13 +81,34 @@ def test_a_sparse_sample_is_routed_by_its_kept_pairs_and_moves_about_the_output(
     (10 ** 5, 10 ** 5, {}, False),  # unsampled: every cell keeps every pair
     (20, 500_000, {"strategy": "broadcast", "sample_rate": 1e-3}, False),  # the right side is everywhere already
     (2000, 2000, {"sample_rate": 0.5}, False),  # dense: nearly every cell keeps pairs of each record
-    (2000, 2000, {"sample_rate": 1e-3}, True),
-    (2000, 2000, {"sample_rate": 1e-3, "self_join": "combinations"}, True),
+    (20_000, 20_000, {"sample_rate": 1e-4}, False),  # 56% of the bytes: not worth a shuffle more
+    (2000, 2000, {"sample_rate": 1e-4}, True),  # 18%
+    (2000, 2000, {"sample_rate": 1e-4, "self_join": "combinations"}, True),
 ])
 def test_only_sparse_sampled_grids_are_routed_by_kept_pairs(n, m, options, sparse):
   plan = _make(n, m, 100, **options)
   assert plan.sparse == sparse and plan.grid.get("routed_by_kept_pairs", False) == sparse
-  assert plan.shuffle_bytes <= dataclasses.replace(plan, sparse=False).shuffle_bytes
+  whole = dataclasses.replace(plan, sparse=False).shuffle_bytes
+  assert (plan.sparse_shuffle_bytes <= planning.SPARSE_MAX_SHARE * whole) == sparse
+  assert plan.shuffle_bytes == (plan.sparse_shuffle_bytes if sparse else whole)
+
+
+@pytest.mark.parametrize("rate, record_bytes", [(1e-3, 10), (1e-4, 1000), (0.02, 50)])
+def test_the_sparse_estimate_is_what_routing_moves(rate, record_bytes):
+  """The estimate behind the choice, against the elements routing by kept pairs really sends for a plan: left
+  records to their cells, each right record to the join and on to the cells that ask, a request per kept pair
+  and a marker per cell."""
+  plan = dataclasses.replace(_make(3000, 2000, record_bytes, sample_rate=rate), sparse=True)
+  left_sent = requests = 0
+  asked = set()
+  for i in range(plan.left_count):
+    for shard, kept in sparse_cells.left_cells(plan, 1, i):
+      left_sent += 1
+      requests += len(kept)
+      asked.update((shard, j) for j in kept)
+  moved = (record_bytes * (left_sent + plan.right_count + len(asked))
+           + planning.REQUEST_BYTES * (requests + len(plan.cells)))
+  assert abs(plan.sparse_shuffle_bytes - moved) <= 0.1 * moved
 
 
 # --- end to end ---------------------------------------------------------------------------------------------
@@ -173,6 +194,24 @@ def test_a_lost_request_fails_in_the_cell(inputs, tmp_path, monkeypatch):
   _changing(monkeypatch, "_to_kept_cells", lose_requests)
   _fails(inputs, tmp_path, r"cell \(\d+, \d+\) received \d+ right record\(s\) \(distinct \d+\), the plan routes "
                            r"\d+ to it \(those with kept pairs\)")
+
+
+@pytest.mark.parametrize("side, message", [
+    (0, r"cell \(\d+, \d+\) received \d+ left record\(s\) \(distinct \d+\), the plan routes \d+ to it \(those with "
+        r"kept pairs\)"),
+    (1, r"cell \(\d+, \d+\) received \d+ right record\(s\) \(distinct \d+\), the plan routes \d+ to it \(those with "
+        r"kept pairs\)"),
+    (None, r"cell \(\d+, \d+\) received its marker 2 time\(s\)")], ids=["left", "right", "marker"])
+def test_a_record_or_marker_repeated_on_its_way_to_a_cell_fails(inputs, tmp_path, monkeypatch, side, message):
+  """What reaches a cell is checked exactly: a left record, a delivered right record or a marker twice fails."""
+  if side == 0:
+    _changing(monkeypatch, "_to_kept_cells", lambda outputs, element, s, *_: outputs + [
+        o for o in outputs if isinstance(o, tuple)][:1] if s == 0 else outputs)
+  elif side == 1:
+    _changing(monkeypatch, "_deliver", lambda outputs, element: outputs + outputs[:1])
+  else:
+    _changing(monkeypatch, "_markers", lambda outputs, plan: outputs + outputs[:1])
+  _fails(inputs, tmp_path, message)
 
 
 @pytest.mark.parametrize("times", [0, 2])

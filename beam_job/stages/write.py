@@ -447,7 +447,9 @@ class WriteCells(beam.PTransform):
                                               AsSingleton(plan)).with_output_types(
         Routed, broadcast=blocks.Block, wanted=Wanted).with_outputs("broadcast", "wanted", main="cells")
     to_cells = routed.cells
-    if self._options.sample_rate < 1:  # the plan may route by kept pairs: right records go where asked for
+    # The plan may route by kept pairs: right records go where asked for. (The local runner materializes this
+    # Flatten, one more pass over the routed records; Dataflow and Flink fuse it into its producers.)
+    if planning.may_route_by_kept_pairs(self._options.sample_rate, self._options.strategy):
       delivered = routed.wanted | "JoinWanted" >> beam.GroupByKey() | "Deliver" >> beam.FlatMap(
           _deliver).with_output_types(Routed)
       markers = plan | "Markers" >> beam.FlatMap(_markers).with_output_types(Routed)
