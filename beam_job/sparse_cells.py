@@ -3,11 +3,12 @@ pair, not to every cell of its row or column. No Beam here.
 
 At rate p a cell of r x c records keeps about r * c * p pairs. When that is small, most cells of a row keep none
 of a record's pairs, and sending the record there anyway moves each side once per cell of its row or column:
-149 TB at 1e7 x 1e7 records of 10 KB and p = 1e-7, for about 200 GB of pairs. A left record's kept pairs follow
+156 TB at 1e7 x 1e7 records of 10 KB and p = 1e-7, for about 200 GB of pairs. A left record's kept pairs follow
 from its ordinal alone (``sampling.kept_columns``), so it goes to the cells that hold them and asks, for each
 kept right ordinal, that the right record be sent there; a right record goes where it is asked for (a join on
 right ordinals). Each cell works out again which of its rows and columns keep pairs and checks that it
-received exactly those records, so a record lost or repeated anywhere on the way still fails the job.
+received exactly those records, so a record lost or repeated on the way fails the job wherever that would change
+the output (a repeated request, or a right record nobody asks for, changes nothing).
 """
 
 from typing import Iterator, List, Tuple
