@@ -136,15 +136,16 @@ class _RouteFn(beam.DoFn):
       yield beam.pvalue.TaggedOutput("broadcast", GlobalWindows.windowed_value(block))
 
 
-def _check_members(where: str, side: str, ordinals: Sequence[int], expected: range) -> None:
-  """A cell holds each record of its row (column) exactly once: any runner loss or duplicate fails it here."""
-  if len(ordinals) == len(expected) and (not ordinals or (ordinals[0] == expected.start and
-                                                          ordinals[-1] == expected.stop - 1 and
-                                                          len(set(ordinals)) == len(ordinals))):
+def _check_members(where: str, side: str, ordinals: Sequence[int], expected: Sequence[int]) -> None:
+  """A cell holds exactly the records the plan routes to it (``ordinals`` sorted): those of its row (column), or
+  of its kept pairs; any runner loss or duplicate fails it here."""
+  if len(ordinals) == len(expected) and all(a == b for a, b in zip(ordinals, expected)):
     return
+  which = (f"ordinals {expected.start}..{expected.stop - 1}" if isinstance(expected, range) else
+           "those with kept pairs")
   raise RuntimeError(f"record accounting: {where} received {len(ordinals)} {side} record(s) (distinct "
-                     f"{len(set(ordinals))}), the plan routes {len(expected)} to it (ordinals {expected.start}.."
-                     f"{expected.stop - 1}); the runner lost or duplicated records between routing and the cell")
+                     f"{len(set(ordinals))}), the plan routes {len(expected)} to it ({which}); the runner lost or "
+                     "duplicated records between routing and the cell")
 
 
 def _kept_columns(plan: planning.Plan, seed: int, row: int, col: int, markers: int,
@@ -157,17 +158,10 @@ def _kept_columns(plan: planning.Plan, seed: int, row: int, col: int, markers: i
     raise RuntimeError(f"record accounting: {where} received its marker {markers} time(s); the runner lost or "
                        "duplicated records between routing and the cell")
   kept_rows = sparse_cells.cell_rows(plan, seed, row, col)
-  _check_kept(where, "left", [o for o, _ in left], [o for o, _ in kept_rows])
-  _check_kept(where, "right", [o for o, _ in right], sparse_cells.cell_columns(kept_rows))
+  _check_members(where, "left", [o for o, _ in left], [o for o, _ in kept_rows])
+  _check_members(where, "right", [o for o, _ in right], sparse_cells.cell_columns(kept_rows))
   position = {ordinal: j for j, (ordinal, _) in enumerate(right)}
   return lambda i: [position[ordinal] for ordinal in kept_rows[i][1]]
-
-
-def _check_kept(where: str, side: str, ordinals: List[int], expected: List[int]) -> None:
-  if ordinals != expected:
-    raise RuntimeError(f"record accounting: {where} received {len(ordinals)} {side} record(s) (distinct "
-                       f"{len(set(ordinals))}), the plan routes {len(expected)} to it (those with kept pairs); the "
-                       "runner lost or duplicated records between routing and the cell")
 
 
 def _records(members: List[Tuple[int, bytes]], with_keys: bool) -> List[Tuple[int, examples.Prepared]]:
