@@ -5,7 +5,9 @@ ordinal. Its pairs are written row-major (left ordinal, then right ordinal), so 
 its records and the options.
 """
 
+import array
 import bisect
+import itertools
 from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from beam_job import examples, planning, sampling, tfrecord
@@ -115,6 +117,26 @@ def write_reference(left: Side, right: Side, out: BinaryIO, **merge) -> Tuple[in
 
 
 BLOCK_BYTES = 8 << 20  # frames built per native call: large enough to amortize the call, small for memory
+# A pair's frame beyond its two payloads: the frame's 16 bytes and the Example's tag and length (at most 6 bytes
+# for records under 32 GB); an upper bound, so blocks measured with it are never larger than BLOCK_BYTES.
+FRAME_OVERHEAD = 22
+
+
+def _column_ends(payloads: Sequence[bytes]) -> array.array:
+  """``ends[j]``: the bytes the frames of columns 0..j-1 take beyond their left payloads (an upper bound): a
+  row's columns ``a..b-1`` take ``ends[b] - ends[a] + (b - a) * len(left payload)``, however uneven the sizes."""
+  return array.array("q", itertools.accumulate((len(p) + FRAME_OVERHEAD for p in payloads), initial=0))
+
+
+def _column_stop(ends: array.array, first: int, left_bytes: int) -> int:
+  """The end of the column range from ``first`` that fills a block: as many columns as fit in ``BLOCK_BYTES``
+  (at least one, so a single pair larger than a block is built alone)."""
+  low, high = first + 1, len(ends) - 1  # the frames of first..stop-1 fit for stop <= low
+  limit = ends[first] + first * left_bytes + BLOCK_BYTES
+  while low < high:
+    middle = (low + high + 1) // 2
+    low, high = (middle, high) if ends[middle] + middle * left_bytes <= limit else (low, middle - 1)
+  return low
 
 
 def write_cell(left: Side, right: Union[Side, Run], out: BinaryIO, self_join: Optional[str] = None,
@@ -122,11 +144,12 @@ def write_cell(left: Side, right: Union[Side, Run], out: BinaryIO, self_join: Op
                sample: Optional[Tuple[float, int]] = None) -> Tuple[int, int]:
   """Writes the cell's frames, byte-identical to ``write_reference``; returns (pairs, bytes).
 
-  The native ``frame_block`` builds the frames of many rows per call, about ``BLOCK_BYTES`` at a time: rows go
-  in blocks that share one list of right payloads (all rows, or with ``collision='left'`` consecutive rows
-  whose winning names are equal, with one trimmed copy of the right payloads at a time), and a row longer than
-  a block is cut into column ranges. ``collision='right'`` changes the left payload per column, and sampling
-  keeps few scattered pairs: both take the reference path.
+  The native ``frame_block`` builds the frames of many rows per call, at most ``BLOCK_BYTES`` at a time
+  (counted from each payload's own size, so uneven records cannot make a call larger): rows go in blocks that
+  share one list of right payloads (all rows, or with ``collision='left'`` consecutive rows whose winning names
+  are equal, with one trimmed copy of the right payloads at a time), and a row longer than a block is cut into
+  column ranges. ``collision='right'`` changes the left payload per column, and sampling keeps few scattered
+  pairs: both take the reference path.
   """
   collide = frozenset(collisions)
   if _fastframes is None or (collision == "right" and collide) or sample is not None:
@@ -137,9 +160,10 @@ def write_cell(left: Side, right: Union[Side, Run], out: BinaryIO, self_join: Op
     right_ordinals, payloads = right.ordinals, right.payloads
   else:
     right_ordinals, payloads = [ordinal for ordinal, _ in right], [record.payload for _, record in right]
-  pair_bytes = 24 + (sum(len(p) for p in payloads) / max(1, len(right)))
+  ends = _column_ends(payloads)  # trimmed payloads (collision='left') are shorter: still an upper bound
+  count = len(payloads)
   pairs = written = 0
-  block, starts, block_bytes, names_now, rights = [], [], 0.0, frozenset(), payloads
+  block, starts, block_bytes, names_now, rights = [], [], 0, frozenset(), payloads
 
   def emit(lefts, columns, firsts):
     nonlocal written
@@ -150,20 +174,22 @@ def write_cell(left: Side, right: Union[Side, Run], out: BinaryIO, self_join: Op
   for ordinal, record in left:
     names = collide.intersection(record.keys) if collision == "left" else frozenset()
     start = 0 if step is None else bisect.bisect_left(right_ordinals, ordinal + step)
-    per_pair = pair_bytes + len(record.payload)
-    row_bytes = (len(right) - start) * per_pair
+    left_bytes = len(record.payload)
+    row_bytes = ends[count] - ends[start] + (count - start) * left_bytes
     if names != names_now or block_bytes + row_bytes > BLOCK_BYTES:
       if block:
         emit(block, rights, starts)
-      block, starts, block_bytes = [], [], 0.0
+      block, starts, block_bytes = [], [], 0
       if names != names_now:
         names_now = names
         rights = [examples.without(r, names) for _, r in right] if names else payloads
-    pairs += len(right) - start
+    pairs += count - start
     if row_bytes > BLOCK_BYTES:  # one row is more than a block: its columns in ranges
-      width = max(1, int(BLOCK_BYTES // per_pair))
-      for first in range(start, len(right), width):
-        emit([record.payload], rights[first:first + width], [0])
+      first = start
+      while first < count:
+        stop = _column_stop(ends, first, left_bytes)
+        emit([record.payload], rights[first:stop], [0])
+        first = stop
       continue
     block.append(record.payload)
     starts.append(start)

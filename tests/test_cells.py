@@ -351,6 +351,35 @@ def test_write_cell_cuts_a_row_longer_than_a_block_into_column_ranges(monkeypatc
   assert len(sizes) >= 3 * 12 and max(sizes) <= cells.BLOCK_BYTES
 
 
+
+@pytest.mark.skipif(cells._fastframes is None, reason="native module not built")
+@pytest.mark.parametrize("self_join, collision", [(None, "error"), ("combinations", "error"), (None, "left")])
+def test_no_native_call_builds_more_than_a_block_however_uneven_the_records(monkeypatch, self_join, collision):
+  """Blocks are measured from each payload's own size, not an average: 990 records of a few bytes and 10 of
+  about 20 KB, in runs, on both sides (measured by the average, a block of the large ones was 10 times too
+  big). Only a call that builds a single pair may pass the block, when that pair alone is larger."""
+  sizes_of = [20_000 if i % 100 >= 90 else 1 for i in range(1000)]
+  records = [make_example({"a": [i], "b": [b"x" * size]}) for i, size in enumerate(sizes_of)]
+  left = prepared_side(records[::-1][:60] + records[:40], "l_" if collision == "error" else "")
+  right = prepared_side(records, "r_" if collision == "error" else "")
+  if self_join:
+    left = right[:100]
+  merge = {"self_join": self_join, "collision": collision, "collisions": ["a", "b"] if collision == "left" else ()}
+  expected = _write(write_reference, left, right, **merge)
+  monkeypatch.setattr(cells, "BLOCK_BYTES", 100_000)
+  calls = []
+  native = cells._fastframes.frame_block
+  monkeypatch.setattr(cells._fastframes, "frame_block", lambda lefts, rights, starts: calls.append(
+      (len(lefts) * len(rights), native(lefts, rights, starts))) or calls[-1][1])
+  assert _write(cells.write_cell, left, right, **merge) == expected
+  assert max(len(data) for _, data in calls) <= cells.BLOCK_BYTES
+  # A pair larger than the block is built alone.
+  huge = prepared_side([make_example({"c": [b"y" * 150_000]})], "h_")
+  calls.clear()
+  expected = _write(write_reference, huge, right[:5])
+  assert _write(cells.write_cell, huge, right[:5]) == expected
+  assert [pairs for pairs, data in calls if len(data) > cells.BLOCK_BYTES] == [1, 1, 1, 1, 1]
+
 def _peak_bytes(fn):
   import tracemalloc  # pylint: disable=import-outside-toplevel
   tracemalloc.start()
