@@ -7,6 +7,7 @@ renamed once (``prepare``) into a ``Prepared`` payload of encoded map entries, a
 concatenation (``example_bytes``). Entries are sorted by name, so bytes are deterministic.
 """
 
+import array
 import bisect
 import functools
 import itertools
@@ -22,7 +23,7 @@ from beam_job.example_proto import Example, Feature
 class Prepared(NamedTuple):
   """A record ready to be paired: its feature names (sorted), where each entry ends, and the entries."""
   keys: Tuple[str, ...]
-  ends: Tuple[int, ...]
+  ends: Sequence[int]  # a tuple, or an int64 array when read back from a payload (``from_payload``)
   payload: bytes
 
 
@@ -180,19 +181,37 @@ def _varint_at(data: bytes, position: int) -> Tuple[int, int]:
     shift += 7
 
 
+# Names read back from payloads, each decoded once per process and shared by every record that holds it: a
+# cell's records then hold references (8 bytes a name) instead of a string each (about 60 bytes). Bounded, for
+# data whose names never repeat.
+_NAMES: Dict[bytes, str] = {}
+_MAX_NAMES = 1 << 16
+
+
+def _name(raw: bytes) -> str:
+  name = _NAMES.get(raw)
+  if name is None:
+    name = raw.decode("utf-8")
+    if len(_NAMES) < _MAX_NAMES:
+      _NAMES[raw] = name
+  return name
+
+
 def from_payload(payload: bytes) -> Prepared:
   """The ``Prepared`` record of a payload that ``prepare`` encoded: its names and entry ends read back from
   the entries' headers (each entry is ``0x0a len {0x0a len name, 0x12 len Feature}``), without parsing any
-  Feature. Records travel between stages as payload bytes only; names are needed only to merge collisions."""
-  keys, ends = [], []
+  Feature. Records travel between stages as payload bytes only; names are needed only to merge collisions, and
+  a cell may hold many such records: the names are shared strings and the ends one array (about 16 bytes a
+  name in all; ``planning.NAME_MEMORY_BYTES``)."""
+  keys, ends = [], array.array("q")
   position = 0
   while position < len(payload):
     length, start = _varint_at(payload, position + 1)
     name_length, name_start = _varint_at(payload, start + 1)
-    keys.append(payload[name_start:name_start + name_length].decode("utf-8"))
+    keys.append(_name(payload[name_start:name_start + name_length]))
     position = start + length
     ends.append(position)
-  return Prepared(tuple(keys), tuple(ends), payload)
+  return Prepared(tuple(keys), ends, payload)
 
 
 def without(record: Prepared, names: AbstractSet[str]) -> bytes:
@@ -220,6 +239,7 @@ def with_int64(record: Prepared, name: str, value: int) -> Prepared:
   entry = encode_entry(name, feature.SerializeToString())
   position = bisect.bisect_left(record.keys, name)
   start = record.ends[position - 1] if position else 0
-  ends = record.ends[:position] + (start + len(entry),) + tuple(e + len(entry) for e in record.ends[position:])
+  ends = (tuple(record.ends[:position]) + (start + len(entry),)
+          + tuple(end + len(entry) for end in record.ends[position:]))
   return Prepared(record.keys[:position] + (name,) + record.keys[position:], ends,
                   record.payload[:start] + entry + record.payload[start:])

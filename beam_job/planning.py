@@ -17,18 +17,25 @@ from beam_job.errors import JobError
 # ``--strategy auto`` broadcasts the right side when its encoded records take at most this many bytes: every
 # worker process then holds one copy, which is cheap up to tens of MB and avoids shuffling the right side.
 BROADCAST_MAX_BYTES = 64 << 20
-# The memory bound of that copy (payloads plus RECORD_MEMORY_BYTES per record): a forced broadcast beyond it
-# is refused.
+# The memory bound of that copy (``held_bytes``: payloads, RECORD_MEMORY_BYTES per record and, when the merge
+# needs them, the records' names): a forced broadcast beyond it is refused.
 BROADCAST_LIMIT_BYTES = 1 << 30
 # The cell budget: a cell holds at most CELL_RECORDS records of each side and, both sides together, at most
-# min(--target_shard_mb, CELL_INPUT_MAX_BYTES) of encoded records (by each side's average record size). Without
+# min(--target_shard_mb, CELL_INPUT_MAX_BYTES) of encoded records (by each side's average record size, a name
+# held with its record counting NAME_MEMORY_BYTES more). Without
 # sampling a cell's records never take more bytes than its pairs, so the shard target alone keeps within it;
 # sampling, broadcast and very uneven sides meet the caps. A cell holds at least one record of each side.
 CELL_RECORDS = 1 << 18
 CELL_INPUT_MAX_BYTES = 256 << 20
-# Python's memory per record held besides its payload (a bytes object, a tuple with its ordinal, list slots),
-# for the estimates; measured in tests/test_planning.py.
-RECORD_MEMORY_BYTES = 160
+# Python's memory per record a cell holds besides its payload: the element as the runner delivers it,
+# ``(ordinal, payload)``, and as the writer holds it, ``(ordinal, Prepared)``, with list slots (229 to 266 bytes
+# in CPython 3.11); asserted against what a cell really holds in tests/test_planning.py.
+RECORD_MEMORY_BYTES = 288
+# More when the merge needs each record's names (``--collision left|right`` with colliding names), read back by
+# ``examples.from_payload``: a tuple of shared names and an array of entry ends per record (about 130 bytes) and
+# about 17 bytes per name.
+NAMED_RECORD_BYTES = 160
+NAME_MEMORY_BYTES = 24
 # A sampled job has few pairs per cell: a cell still holds at most 1 / SAMPLED_SPLITS of each side (broadcast:
 # 1 / SAMPLED_SPLITS ** 2 of the left side), so that the work spreads over workers.
 SAMPLED_SPLITS = 4
@@ -176,6 +183,9 @@ class Plan:
   # keeps a pair, chosen when that moves at most SPARSE_MAX_SHARE of the bytes of sending it to its whole row
   # or column.
   sparse: bool = False
+  # Feature entries (names) of each side's records, all together (with --index_features' one name a record):
+  # held with the records when the merge needs their names (``named``).
+  side_names: Tuple[int, int] = (0, 0)
 
   def __getstate__(self):
     return {k: v for k, v in self.__dict__.items() if k != "cells"}  # the cache stays behind
@@ -217,20 +227,32 @@ class Plan:
     return int(rows * self.averages[0] + cols * self.averages[1])
 
   @property
+  def named(self) -> bool:
+    """Whether cells hold their records' names: the merge needs them only to drop a colliding name."""
+    return self.collision in ("left", "right") and bool(self.collisions)
+
+  def _held(self, side: int, records: int) -> int:
+    """Memory of ``records`` of a side as a worker holds them (``held_bytes``, by average sizes)."""
+    counts = (self.left_count, self.right_count)
+    names = records * self.side_names[side] / max(counts[side], 1) if self.named else None
+    return held_bytes(records * self.averages[side], records, names)
+
+  @property
   def cell_memory_bytes(self) -> int:
-    """Estimated memory of writing one cell: its records as the runner hands them over and as the writer
-    holds them, one trimmed copy of a chunk under ``--collision left|right``, and two blocks of frames."""
+    """Estimated memory of writing one cell: its records' payloads as the runner hands them over and the
+    records as the writer holds them (``held_bytes``), one trimmed copy of a chunk under ``--collision
+    left|right``, and two blocks of frames. Broadcast: the columns are a slice of the shared copy
+    (``broadcast_memory_bytes``), a reference a record."""
     rows, cols = min(self.row_chunk, self.left_count), min(self.col_chunk, self.right_count)
-    held = held_bytes(rows * self.averages[0], rows) + held_bytes(cols * self.averages[1], cols)
-    copies = 1 if self.strategy == "broadcast" else 2  # broadcast: the column comes from the shared copy
+    delivered = rows * self.averages[0] + (0 if self.strategy == "broadcast" else cols * self.averages[1])
+    held = self._held(0, rows) + (8 * cols if self.strategy == "broadcast" else self._held(1, cols))
     trimmed = held_bytes(max(rows * self.averages[0], cols * self.averages[1]), max(rows, cols))
-    return copies * held + (trimmed if self.collision in ("left", "right") and self.collisions else 0) + \
-        2 * WRITE_BLOCK_BYTES
+    return int(delivered) + held + (trimmed if self.named else 0) + 2 * WRITE_BLOCK_BYTES
 
   @property
   def broadcast_memory_bytes(self) -> int:
     """The right side's copy each worker process holds when broadcast (0 for the grid)."""
-    return held_bytes(self.side_bytes[1], self.right_count) if self.strategy == "broadcast" else 0
+    return self._held(1, self.right_count) if self.strategy == "broadcast" else 0
 
   @property
   def rows(self) -> int:
@@ -364,9 +386,11 @@ def _floor_sum(n: int, m: int, a: int, b: int) -> int:
   return total
 
 
-def held_bytes(payload_bytes: float, records: int) -> int:
-  """Estimated memory of ``records`` records held by a worker."""
-  return int(payload_bytes + records * RECORD_MEMORY_BYTES)
+def held_bytes(payload_bytes: float, records: int, names: Optional[float] = None) -> int:
+  """Estimated memory of ``records`` records held by a worker, with ``names`` names among them when the merge
+  needs them (None when it does not)."""
+  named = 0 if names is None else records * NAMED_RECORD_BYTES + names * NAME_MEMORY_BYTES
+  return int(payload_bytes + records * RECORD_MEMORY_BYTES + named)
 
 
 def _offsets(good: Dict[str, int]) -> Dict[str, int]:
@@ -443,9 +467,15 @@ def _check_max_pairs(pairs: int, all_pairs: int, n: int, m: int, max_pairs: int,
                    f"--max_pairs {max_pairs:,}; raise --max_pairs to allow it")
 
 
-def _choose_strategy(strategy: str, right: SideStats) -> str:
-  """``auto`` broadcasts a small right side; a forced broadcast beyond the memory bound is refused."""
-  broadcast_bytes = held_bytes(right.payload_bytes, right.count)
+def side_names(stats: SideStats, index_name: Optional[str]) -> int:
+  """The feature entries of a side's records (``Plan.side_names``), from the schema's tally of the one parse."""
+  return sum(values.entries for values in stats.features.values()) + (stats.count if index_name else 0)
+
+
+def _choose_strategy(strategy: str, right: SideStats, names: Optional[int]) -> str:
+  """``auto`` broadcasts a small right side; a forced broadcast beyond the memory bound is refused. ``names``:
+  the right side's names, when the merge holds them (else None)."""
+  broadcast_bytes = held_bytes(right.payload_bytes, right.count, names)
   if strategy == "auto":
     broadcast = right.payload_bytes <= BROADCAST_MAX_BYTES and broadcast_bytes <= BROADCAST_LIMIT_BYTES
     return "broadcast" if broadcast else "grid"
@@ -505,18 +535,24 @@ def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Op
     collisions = tuple(sorted(keys[0] & keys[1]))
   if collision == "prefix":  # renamed apart: what the user wants to know is which names met before renaming
     collisions = tuple(sorted(_unprefixed(left.keys, prefixes[0]) & _unprefixed(right.keys, prefixes[1])))
-  strategy = check(_choose_strategy, strategy, right) or "grid"
+  names = (side_names(left, index_names[0]), side_names(right, index_names[1]))
+  named = collision in ("left", "right") and bool(collisions)
+  strategy = check(_choose_strategy, strategy, right, names[1] if named else None) or "grid"
   averages = (left.payload_bytes / max(n, 1), right.payload_bytes / max(m, 1))
   pair_bytes = sum(averages) + PAIR_OVERHEAD_BYTES
+  # The budget counts a name held with its record as NAME_MEMORY_BYTES more of the record's bytes.
+  weights = tuple(average + (NAME_MEMORY_BYTES * count / max(records, 1) if named else 0)
+                  for average, count, records in zip(averages, names, (n, m)))
   pairs_per_cell = max(1, int(target_shard_bytes / pair_bytes / max(sample_rate, sampling.MIN_RATE)))
   square = self_join in MIN_STEP and strategy == "grid"
   budget = min(target_shard_bytes, CELL_INPUT_MAX_BYTES)
-  row_chunk, col_chunk = _chunks(n, m, pairs_per_cell, strategy, square, averages, budget, sample_rate < 1)
+  row_chunk, col_chunk = _chunks(n, m, pairs_per_cell, strategy, square, weights, budget, sample_rate < 1)
   plan = Plan(strategy=strategy, self_join=self_join, left_count=n, right_count=m, row_chunk=row_chunk,
               col_chunk=col_chunk, offsets=(_offsets(left.good), _offsets(right.good)),
               bad=(dict(left.bad), dict(right.bad)), collisions=collisions, pairs=pairs,
               estimated_bytes=int(pairs * pair_bytes), sample_rate=sample_rate,
-              side_bytes=(left.payload_bytes, right.payload_bytes), collision=collision, problems=tuple(problems))
+              side_bytes=(left.payload_bytes, right.payload_bytes), collision=collision, problems=tuple(problems),
+              side_names=names)
   if may_route_by_kept_pairs(sample_rate, strategy) and 0 < plan.sparse_shuffle_bytes <= (
       SPARSE_MAX_SHARE * plan.shuffle_bytes):
     plan = dataclasses.replace(plan, sparse=True)

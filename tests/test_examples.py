@@ -415,4 +415,7 @@ def test_prepare_shapes_are_what_tfx_bsl_decodes(example, prefix):
 @given(tf_examples(), st.sampled_from(["", "r/", "é"]))
 def test_from_payload_reads_back_names_and_entry_ends(example, prefix):
   prepared = examples.prepare(serialize(example), prefix)
-  assert examples.from_payload(prepared.payload) == prepared
+  back = examples.from_payload(prepared.payload)
+  assert (back.keys, tuple(back.ends), back.payload) == prepared
+  # Each name is one string shared by every record read back (a cell holds references, not copies).
+  assert all(a is b for a, b in zip(back.keys, examples.from_payload(bytes(bytearray(prepared.payload))).keys))
