@@ -484,3 +484,28 @@ def test_describe_pairs_gives_the_plan_and_writes_nothing(tmp_path):
     assert_that(plan | beam.Map(lambda d: (d["pairs"], d["left_records"], d["right_records"])),
                 equal_to([(6, 3, 2)]))
   assert list(tmp_path.iterdir()) == []
+
+
+def _local_stages(argv) -> int:
+  """The stages Beam's local runner makes of the CLI's pipeline (after fusion), as it would run it."""
+  from apache_beam.runners.portability.fn_api_runner import fn_runner  # pylint: disable=import-outside-toplevel
+  parser = cli.make_parser()
+  args, beam_args = parser.parse_known_args(argv)
+  options = cli._Options(beam_args)  # pylint: disable=protected-access
+  pipeline = beam.Pipeline(runner=cli.local_runner(options), options=options)
+  files = {side: {"patterns": [getattr(args, side)], "files": {getattr(args, side): 1}} if getattr(args, side) else
+           None for side in ("left", "right")}
+  cli.build(pipeline, args, temp_token="t", inputs={"compression": "auto", **files})
+  return len(fn_runner.FnApiRunner().create_stages(pipeline.to_runner_api())[1])
+
+
+@pytest.mark.parametrize("flags, stages", [
+    (["--strategy", "broadcast"], 6), (["--strategy", "grid"], 6), (["--self_join", "combinations"], 5),
+    (["--sample_rate", "0.01"], 8)], ids=["broadcast", "grid", "self-join", "sampled"])
+def test_the_job_runs_in_a_few_fused_stages(tmp_path, flags, stages):
+  """Each stage costs the local runner a round of scheduling (6-16 ms) and a pass over its input: reading
+  (one per side), the tallies and the plan, routing, writing the cells, publishing; a sample that may be routed
+  by its kept pairs adds its join. (16 stages before issue 11.)"""
+  side = ["--right", str(tmp_path / "r.tfrecord")] if "--self_join" not in flags else []
+  assert _local_stages(["--left", str(tmp_path / "l.tfrecord"), *side, "--output", str(tmp_path / "pairs"),
+                        *flags]) == stages
