@@ -41,7 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from beam_job import cells, cli, examples, expected, flags, grouping, outputs, planning, sources, tfrecord
+from beam_job import cells, cli, examples, expected, flags, grouping, output_schema, outputs, planning, sources, tfrecord
 from beam_job.errors import JobError
 from beam_job.stages import plan as plan_stage
 from beam_job.stages import write as write_stage
@@ -69,7 +69,7 @@ def _read_side(files: List[str], flag: str, compression: str, on_corrupt: str, p
                missing: Optional[list] = None, read=None) -> Tuple[planning.SideStats, list]:
   """A side's stats and records ``(path, index, prepared)``, or ``(path, index, prepared, key)`` with
   ``group_by``; records without a key fail as in the job or, skipped, go to ``missing`` (and ``bad``)."""
-  good, bad, records, size, keys, groups = {}, {}, [], 0, set(), {}
+  good, bad, records, size, keys, groups, shapes = {}, {}, [], 0, set(), {}, {}
   read = _reader(compression) if read is None else read
   for path in files:
     for record in read(path):
@@ -78,9 +78,9 @@ def _read_side(files: List[str], flag: str, compression: str, on_corrupt: str, p
         key = None
         try:
           if group_by is None:
-            prepared = examples.prepare(record.payload, prefix, select)
+            prepared = examples.prepare(record.payload, prefix, select, shapes)
           else:
-            prepared, key = examples.prepare_keyed(record.payload, group_by, prefix, select)
+            prepared, key = examples.prepare_keyed(record.payload, group_by, prefix, select, shapes)
         except grouping.MissingKey as e:
           if missing_group == "fail":
             raise JobError(f"{side} input {path} record {record.index}: {e}; --missing_group skip leaves such "
@@ -106,7 +106,7 @@ def _read_side(files: List[str], flag: str, compression: str, on_corrupt: str, p
                                              sources.detect_compression(path, compression)))
       bad.setdefault(path, []).append(record.index)
   stats = planning.SideStats(good, {s: tuple(sorted(i)) for s, i in bad.items()}, size, frozenset(keys),
-                             groups=groups)
+                             features=output_schema.side_features(shapes), groups=groups)  # as the job's
   return stats, records
 
 

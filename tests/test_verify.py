@@ -612,3 +612,24 @@ def test_verify_holds_the_inputs_and_a_block_not_the_output(tmp_path, monkeypatc
     tracemalloc.stop()
   assert capsys.readouterr().out.endswith(f" pairs in {len(shards)} shard(s) under {prefix}: {_EVERY}\n")
   assert peak < min(output_bytes / len(shards), 2_000_000), (peak, output_bytes)
+
+
+def test_verify_plans_with_the_names_the_job_counted(tmp_path, capsys):
+  """Under --collision left the cell budget counts each record's names, which the job learns in its one parse:
+  verify's own reading must count them too, or it plans another grid (here 30 shards for the job's 120) and
+  fails a correct output."""
+  folder = tmp_path / "in"
+  folder.mkdir()
+  write_tfrecord(str(folder / "l.tfrecord"), [make_example(
+      {"id": [i], "vec": [i / 4, 2.5] * (1 + i % 7), "name": [b"q%d" % i], "s": [b"x" * (i % 50)]})
+      for i in range(60)])
+  write_tfrecord(str(folder / "r.tfrecord"), [make_example(
+      {"id": [50 + j], "tag": [b"d%d" % j] * (1 + j % 3), "s": [b"y" * (j * 37 % 300)]}) for j in range(45)])
+  prefix = tmp_path / "out" / "pairs"
+  summary = cli.run(["--left", str(folder / "l.tfrecord"), "--right", str(folder / "r.tfrecord"), "--output",
+                     str(prefix), "--collision", "left", "--sample_rate", "0.3", "--seed", "5", "--target_shard_mb",
+                     "0.01"])
+  assert summary["grid"]["cells"] == 120
+  capsys.readouterr()
+  assert verify.main(["--output", str(prefix)]) == 0
+  assert capsys.readouterr().out.endswith(f" pairs in 120 shard(s) under {prefix}: {_EVERY}\n")
