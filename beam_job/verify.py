@@ -41,7 +41,8 @@ from apache_beam.io.filesystems import FileSystems
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from beam_job import cells, cli, examples, expected, flags, grouping, output_schema, outputs, planning, sources, tfrecord
+from beam_job import (cells, cli, examples, expected, flags, grouping, output_schema, outputs, planning, sources,
+                      tfrecord)
 from beam_job.errors import JobError
 from beam_job.stages import plan as plan_stage
 from beam_job.stages import write as write_stage
