@@ -9,7 +9,7 @@ import collections.abc
 import dataclasses
 import functools
 import math
-from typing import Any, Dict, FrozenSet, Iterator, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 from beam_job import sampling
 from beam_job.errors import JobError
@@ -45,6 +45,12 @@ REQUEST_BYTES = 16
 # Routing by kept pairs adds a shuffle (the join on right ordinals), an element per kept pair and a second
 # working out of the sampling: it is chosen only when it moves at most this share of whole-row routing's bytes.
 SPARSE_MAX_SHARE = 0.5
+# Payload bytes are tallied per block of SIZE_BLOCK indexes of a source (``SideStats.sizes``), so that the plan
+# can bound what a chunk holds when a side's large records sit together (``chunk_bytes``): chunks are cut by
+# record count, at the side's average size, and a stretch of records far above the average would put several
+# times the budget in its cells. Where the bound passes UNEVEN_SLACK times the budget, chunks are cut smaller.
+SIZE_BLOCK = 1024
+UNEVEN_SLACK = 1.5
 # The writer's blocks of frames (cells.BLOCK_BYTES), for the estimates.
 WRITE_BLOCK_BYTES = 8 << 20
 # Frame (16 bytes) plus the Example header (at most 6 bytes for records under 4 GB).
@@ -68,10 +74,54 @@ class SideStats:
   keys: FrozenSet[str]  # every feature name seen (after renaming)
   features: Dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> output_schema.Values
   groups: Dict[bytes, int] = dataclasses.field(default_factory=dict)  # --group_by: encoded key -> good records
+  # payload bytes of the good records per source and block of SIZE_BLOCK indexes, and of the largest record
+  sizes: Dict[str, Dict[int, int]] = dataclasses.field(default_factory=dict)
+  largest: int = 0
 
   @property
   def count(self) -> int:
     return sum(self.good.values())
+
+
+def tally_size(sizes: Dict[str, Dict[int, int]], source: str, index: int, size: int) -> None:
+  """Adds a good record's payload bytes to ``SideStats.sizes`` (as the record is read)."""
+  blocks = sizes.setdefault(source, {})
+  blocks[index // SIZE_BLOCK] = blocks.get(index // SIZE_BLOCK, 0) + size
+
+
+def merge_sizes(into: Dict[str, Dict[int, int]], other: Dict[str, Dict[int, int]]) -> None:
+  for source, blocks in other.items():
+    mine = into.setdefault(source, {})
+    for block, size in blocks.items():
+      mine[block] = mine.get(block, 0) + size
+
+
+def size_profile(stats: SideStats) -> List[Tuple[int, int, int]]:
+  """``(first ordinal, end ordinal, payload bytes)`` of each block of a side's good records, in ordinal order."""
+  offsets, profile = _offsets(stats.good), []
+  for source in sorted(stats.sizes):
+    bad, base, good = stats.bad.get(source, ()), offsets.get(source, 0), stats.good.get(source, 0)
+    for block, size in sorted(stats.sizes[source].items()):
+      start, stop = block * SIZE_BLOCK, (block + 1) * SIZE_BLOCK
+      first = base + start - bisect.bisect_left(bad, start)
+      end = min(base + good, base + stop - bisect.bisect_left(bad, stop))
+      profile.append((first, end, size))
+  return profile
+
+
+def chunk_bytes(profile: List[Tuple[int, int, int]], largest: int, chunk: int) -> int:
+  """At most the payload bytes of any ``chunk`` consecutive records of a side (0 without a profile): a chunk that
+  starts in a block touches it and the blocks that start before the chunk can end, and holds no more than
+  ``chunk`` times the largest record."""
+  best = window = 0
+  touched = 0  # blocks [i, touched) are in the window of block i
+  for _, end, size in profile:
+    while touched < len(profile) and profile[touched][0] < end - 1 + chunk:
+      window += profile[touched][2]
+      touched += 1
+    best = max(best, window)
+    window -= size
+  return min(best, chunk * largest)
 
 
 class IndexRuns:
@@ -453,6 +503,22 @@ def _chunks(left: int, right: int, pairs_per_cell: int, strategy: str, square: b
   return row, col
 
 
+def _within_uneven_sizes(row: int, col: int, sides: Tuple[SideStats, SideStats], budget: int, square: bool,
+                         broadcast: bool) -> Tuple[int, int]:
+  """Chunks cut smaller while the records a cell can really hold (``chunk_bytes``, from each side's size profile)
+  pass UNEVEN_SLACK times the budget: the chunks were sized at each side's average record size. (A broadcast
+  cell's columns are a slice of the per-process copy, which its own bound covers.)"""
+  profiles = [(size_profile(stats), stats.largest) for stats in sides]
+  for _ in range(64):  # each round scales the chunks by budget / held, so a few rounds settle
+    held = chunk_bytes(*profiles[0], row) + (0 if broadcast else chunk_bytes(*profiles[1], col))
+    if held <= UNEVEN_SLACK * budget or row == col == 1:
+      break
+    row, col = max(1, int(row * budget / held)), col if broadcast else max(1, int(col * budget / held))
+    if square:
+      row = col = min(row, col)
+  return row, col
+
+
 def may_route_by_kept_pairs(sample_rate: float, strategy: str) -> bool:
   """Whether a job with these options may be routed by its kept pairs (``Plan.sparse``), known before the data
   is read: the pipeline builds the join on right ordinals only then. (At rate 1/2 or more a record keeps pairs
@@ -547,6 +613,8 @@ def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Op
   square = self_join in MIN_STEP and strategy == "grid"
   budget = min(target_shard_bytes, CELL_INPUT_MAX_BYTES)
   row_chunk, col_chunk = _chunks(n, m, pairs_per_cell, strategy, square, weights, budget, sample_rate < 1)
+  row_chunk, col_chunk = _within_uneven_sizes(row_chunk, col_chunk, (left, right), budget, square,
+                                              strategy == "broadcast")
   plan = Plan(strategy=strategy, self_join=self_join, left_count=n, right_count=m, row_chunk=row_chunk,
               col_chunk=col_chunk, offsets=(_offsets(left.good), _offsets(right.good)),
               bad=(dict(left.bad), dict(right.bad)), collisions=collisions, pairs=pairs,

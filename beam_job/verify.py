@@ -70,7 +70,7 @@ def _read_side(files: List[str], flag: str, compression: str, on_corrupt: str, p
                missing: Optional[list] = None, read=None) -> Tuple[planning.SideStats, list]:
   """A side's stats and records ``(path, index, prepared)``, or ``(path, index, prepared, key)`` with
   ``group_by``; records without a key fail as in the job or, skipped, go to ``missing`` (and ``bad``)."""
-  good, bad, records, size, keys, groups, shapes = {}, {}, [], 0, set(), {}, {}
+  good, bad, records, size, keys, groups, shapes, sizes = {}, {}, [], 0, set(), {}, {}, {}
   read = _reader(compression) if read is None else read
   for path in files:
     for record in read(path):
@@ -95,6 +95,7 @@ def _read_side(files: List[str], flag: str, compression: str, on_corrupt: str, p
         else:
           good[path] = good.get(path, 0) + 1
           size += len(prepared.payload)
+          planning.tally_size(sizes, path, record.index, len(prepared.payload))
           keys.update(prepared.keys)
           if key is None:
             records.append((path, record.index, prepared))
@@ -107,7 +108,8 @@ def _read_side(files: List[str], flag: str, compression: str, on_corrupt: str, p
                                              sources.detect_compression(path, compression)))
       bad.setdefault(path, []).append(record.index)
   stats = planning.SideStats(good, {s: tuple(sorted(i)) for s, i in bad.items()}, size, frozenset(keys),
-                             features=output_schema.side_features(shapes), groups=groups)  # as the job's
+                             features=output_schema.side_features(shapes), groups=groups, sizes=sizes,
+                             largest=max((len(r[2].payload) for r in records), default=0))  # as the job's
   return stats, records
 
 

@@ -535,3 +535,62 @@ def test_the_memory_model_bounds_what_a_cell_and_the_broadcast_side_hold(names, 
   packed = [block for block in packed + [packer.flush()] if block]
   side = _measured(lambda: write._BroadcastSide(packed, count, named))  # pylint: disable=protected-access
   assert side <= model
+
+
+# --- uneven record sizes: chunks cut by count, bounded by each side's size profile -----------------------------
+
+
+def _profiled(sizes_by_source, bad=None, keys=("x",)):
+  """SideStats of sources holding records of these payload sizes (None: a corrupt record), with the size profile
+  the prepare step tallies."""
+  good, sizes, largest, corrupt = {}, {}, 0, {}
+  for source, sizes_of in sizes_by_source.items():
+    for index, size in enumerate(sizes_of):
+      if size is None:
+        corrupt.setdefault(source, []).append(index)
+        continue
+      good[source] = good.get(source, 0) + 1
+      planning.tally_size(sizes, source, index, size)
+      largest = max(largest, size)
+  return SideStats(good=good, bad={s: tuple(i) for s, i in corrupt.items()}, keys=frozenset(keys),
+                   payload_bytes=sum(z for sizes_of in sizes_by_source.values() for z in sizes_of if z), sizes=sizes,
+                   largest=largest)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["a", "b", "c"]), st.lists(st.one_of(st.none(), st.integers(0, 1000)),
+                                                                  max_size=60), max_size=3),
+       st.integers(1, 70), st.sampled_from([1, 3, 8]))
+def test_chunk_bytes_bounds_every_run_of_records(sizes_by_source, chunk, block):
+  """``chunk_bytes`` is at least what any ``chunk`` consecutive good records hold (ordinals: sources by name,
+  corrupt records left out), whatever the block of the profile."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(planning, "SIZE_BLOCK", block)
+    stats = _profiled(sizes_by_source)
+    bound = planning.chunk_bytes(planning.size_profile(stats), stats.largest, chunk)
+  ordered = [z for source in sorted(sizes_by_source) for z in sizes_by_source[source] if z is not None]
+  assert all(sum(ordered[start:start + chunk]) <= bound for start in range(len(ordered)))
+  assert bound <= chunk * stats.largest
+
+
+def test_large_records_that_sit_together_cut_smaller_chunks():
+  """20,000 records of 100 bytes then 2,000 of 100 KB a side (about 9.2 KB on average), sampled: chunks sized by
+  the average would hold 5,500 records, 400 MB where the big ones are; the profile cuts them to hold at most
+  UNEVEN_SLACK times the 256 MB budget. Records of one size keep the grid the average gives."""
+  sizes = [100] * 20_000 + [100_000] * 2_000
+  options = dict(strategy="grid", self_join=None, collision="error", prefixes=("", ""),
+                 max_pairs=planning.MAX_PAIRS, target_shard_bytes=CLI_TARGET_SHARD_BYTES, sample_rate=1e-6)
+  budget = min(CLI_TARGET_SHARD_BYTES, planning.CELL_INPUT_MAX_BYTES)
+
+  def worst(chunk):
+    return max(sum(sizes[start:start + chunk]) for start in range(0, len(sizes), chunk))
+
+  average = make_plan(sized(len(sizes), sum(sizes) // len(sizes), "l"),
+                      sized(len(sizes), sum(sizes) // len(sizes), "r"), **options)
+  assert worst(average.row_chunk) + worst(average.col_chunk) > 1.5 * budget  # what the average alone allowed
+  p = make_plan(_profiled({"a": sizes}, keys="l"), _profiled({"a": sizes}, keys="r"), **options)
+  assert worst(p.row_chunk) + worst(p.col_chunk) <= planning.UNEVEN_SLACK * budget
+  assert p.row_chunk < average.row_chunk and len(p.cells) > len(average.cells)
+  even = [9_200] * 22_000
+  assert make_plan(_profiled({"a": even}, keys="l"), _profiled({"a": even}, keys="r"), **options).grid == make_plan(
+      sized(22_000, 9_200, "l"), sized(22_000, 9_200, "r"), **options).grid

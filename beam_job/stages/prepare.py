@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 class _Tally:
   """What a bundle (or several, merged) learned about one side: good records and payload bytes per source,
   corrupt indexes, how many records hold each feature name with each kind and length of value list (for the
-  schema, ``examples.prepare``'s shapes), and each source's exact indexes (``planning.IndexRuns``), which must
-  be 0, 1, 2, ... as ordinals need."""
+  schema, ``examples.prepare``'s shapes), each source's exact indexes (``planning.IndexRuns``), which must
+  be 0, 1, 2, ... as ordinals need, and its payload bytes per block of indexes (``planning.SideStats.sizes``)."""
 
   def __init__(self):
     self.good = collections.Counter()
@@ -33,6 +33,8 @@ class _Tally:
     self.shapes: Dict[tuple, int] = {}
     self.indexes: Dict[str, planning.IndexRuns] = {}
     self.groups = collections.Counter()  # --group_by: encoded key -> good records
+    self.sizes: Dict[str, Dict[int, int]] = {}
+    self.largest = 0
 
   def add(self, source: str, index: int, prepared: Optional[examples.Prepared]) -> None:
     if prepared is None:
@@ -40,6 +42,8 @@ class _Tally:
     else:
       self.good[source] += 1
       self.size += len(prepared.payload)
+      planning.tally_size(self.sizes, source, index, len(prepared.payload))
+      self.largest = max(self.largest, len(prepared.payload))
     runs = self.indexes.get(source)
     if runs is None:
       runs = self.indexes[source] = planning.IndexRuns()
@@ -51,6 +55,8 @@ class _Tally:
       self.bad.setdefault(source, []).extend(found)
     self.size += other.size
     self.groups.update(other.groups)
+    planning.merge_sizes(self.sizes, other.sizes)
+    self.largest = max(self.largest, other.largest)
     for shape, records in other.shapes.items():
       self.shapes[shape] = self.shapes.get(shape, 0) + records
     for source, runs in other.indexes.items():
@@ -66,7 +72,7 @@ class _Tally:
     features = output_schema.side_features(self.shapes)
     return planning.SideStats(good=dict(self.good), bad={s: tuple(sorted(i)) for s, i in self.bad.items()},
                               payload_bytes=self.size, keys=frozenset(features), features=features,
-                              groups=dict(self.groups))
+                              groups=dict(self.groups), sizes=self.sizes, largest=self.largest)
 
 
 class _PrepareFn(beam.DoFn):
