@@ -72,6 +72,10 @@ def test_dry_run_of_a_sampled_job_says_its_cells_are_split(inputs, tmp_path, cap
   text = capsys.readouterr().out
   assert "cell grid:      7 x 5 chunks of 1 x 1 records, 35 non-empty cell(s)" in text
   assert "(sampled: a cell holds at most a quarter of each side, so that the work spreads over workers)" in text
+  assert cli.main(_job(inputs, tmp_path / "pairs", "--collision", "left", "--dry_run", "--strategy", "broadcast",
+                       "--sample_rate", "0.5")) == 0
+  assert "(sampled: a cell holds at most a sixteenth of the left side, so that the work spreads over workers)" in (
+      capsys.readouterr().out)
 
 
 def test_index_features_trace_every_record_to_its_sources(inputs, tmp_path):
