@@ -202,6 +202,7 @@ def local_runner(options: PipelineOptions):
   all_options = options.get_all_options()
   if workers.multi_processing(options):
     all_options = workers.with_plugin(all_options)
+    workers.ending_late_workers()
   encoded = JobServiceHandle.encode_pipeline_options(all_options)
   return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
       beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from beam_job import workers
@@ -136,3 +137,48 @@ def test_a_dead_process_not_yet_reaped_is_not_alive():
     assert lease.process_start(os.getpid()) is not None
   finally:
     child.wait()
+
+
+def test_a_worker_that_connects_after_the_runner_closed_its_connection_is_ended():
+  """Beam's runner ends a worker's control stream only once the worker has connected, then waits for the worker
+  to exit. A worker connecting after that (still starting when a failed run closed) waits for a request forever,
+  and so did the runner: ``join_ending_late`` closes the connection again while the worker lives. Beam's own
+  ControlConnection, and a worker thread that does what an SDK worker does with its control stream."""
+  import queue  # pylint: disable=import-outside-toplevel
+  from apache_beam.runners.portability.fn_api_runner import worker_handlers  # pylint: disable=import-outside-toplevel
+  control = worker_handlers.ControlConnection()
+  control.close()  # the run ended before the worker connected: nothing is sent to it
+  responses = queue.Queue()
+
+  def stream():  # the worker's responses, until it ends its side of the stream
+    while True:
+      response = responses.get()
+      if response is None:
+        return
+      yield response
+
+  def worker():
+    control.set_input(stream())  # connects, late
+    while control.get_req() is not worker_handlers.BeamFnControlServicer._DONE_MARKER:  # pylint: disable=protected-access
+      pass
+    responses.put(None)  # the end of its stream: the worker exits
+
+  thread = threading.Thread(target=worker, daemon=True)
+  thread.start()
+  thread.join(2 * workers.CHECK_SECONDS)
+  assert thread.is_alive()  # what Beam's stop_worker (a plain join) would wait for forever
+  waiter = threading.Thread(target=workers.join_ending_late, args=(thread, control), daemon=True)
+  waiter.start()
+  waiter.join(10 * workers.CHECK_SECONDS)
+  assert not waiter.is_alive() and not thread.is_alive()
+
+
+def test_multi_processing_runs_stop_their_workers_with_the_bounded_stop():
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+  from apache_beam.portability import python_urns  # pylint: disable=import-outside-toplevel
+  from apache_beam.runners.portability.fn_api_runner import worker_handlers  # pylint: disable=import-outside-toplevel
+  from beam_job import cli  # pylint: disable=import-outside-toplevel
+  cli.local_runner(PipelineOptions(["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]))
+  handler, _ = worker_handlers.WorkerHandler._registered_environments[python_urns.SUBPROCESS_SDK]  # pylint: disable=protected-access
+  assert issubclass(handler, worker_handlers.SubprocessSdkWorkerHandler)
+  assert handler.stop_worker is not worker_handlers.SubprocessSdkWorkerHandler.stop_worker
