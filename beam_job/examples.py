@@ -201,8 +201,8 @@ def from_payload(payload: bytes) -> Prepared:
   """The ``Prepared`` record of a payload that ``prepare`` encoded: its names and entry ends read back from
   the entries' headers (each entry is ``0x0a len {0x0a len name, 0x12 len Feature}``), without parsing any
   Feature. Records travel between stages as payload bytes only; names are needed only to merge collisions, and
-  a cell may hold many such records: the names are shared strings and the ends one array (about 16 bytes a
-  name in all; ``planning.NAME_MEMORY_BYTES``)."""
+  a cell may hold many such records: the names are shared strings and the ends one array (about 17 bytes a
+  name in all; ``planning.NAME_MEMORY_BYTES`` counts 24)."""
   keys, ends = [], array.array("q")
   position = 0
   while position < len(payload):

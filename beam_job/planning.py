@@ -22,7 +22,7 @@ BROADCAST_MAX_BYTES = 64 << 20
 BROADCAST_LIMIT_BYTES = 1 << 30
 # The cell budget: a cell holds at most CELL_RECORDS records of each side and, both sides together, at most
 # min(--target_shard_mb, CELL_INPUT_MAX_BYTES) of encoded records (by each side's average record size, a name
-# held with its record counting NAME_MEMORY_BYTES more). Without
+# held with its record counting NAME_MEMORY_BYTES more; then cut for uneven sizes, SIZE_BLOCK below). Without
 # sampling a cell's records never take more bytes than its pairs, so the shard target alone keeps within it;
 # sampling, broadcast and very uneven sides meet the caps. A cell holds at least one record of each side.
 CELL_RECORDS = 1 << 18
@@ -48,7 +48,8 @@ SPARSE_MAX_SHARE = 0.5
 # Payload bytes are tallied per block of SIZE_BLOCK indexes of a source (``SideStats.sizes``), so that the plan
 # can bound what a chunk holds when a side's large records sit together (``chunk_bytes``): chunks are cut by
 # record count, at the side's average size, and a stretch of records far above the average would put several
-# times the budget in its cells. Where the bound passes UNEVEN_SLACK times the budget, chunks are cut smaller.
+# times the budget in its cells. A side's chunks are cut smaller while that bound passes UNEVEN_SLACK times its
+# share of the budget plus its largest record (no chunk holds less than one record).
 SIZE_BLOCK = 1024
 UNEVEN_SLACK = 1.5
 # The writer's blocks of frames (cells.BLOCK_BYTES), for the estimates.
@@ -503,20 +504,26 @@ def _chunks(left: int, right: int, pairs_per_cell: int, strategy: str, square: b
   return row, col
 
 
-def _within_uneven_sizes(row: int, col: int, sides: Tuple[SideStats, SideStats], budget: int, square: bool,
-                         broadcast: bool) -> Tuple[int, int]:
-  """Chunks cut smaller while the records a cell can really hold (``chunk_bytes``, from each side's size profile)
-  pass UNEVEN_SLACK times the budget: the chunks were sized at each side's average record size. (A broadcast
-  cell's columns are a slice of the per-process copy, which its own bound covers.)"""
-  profiles = [(size_profile(stats), stats.largest) for stats in sides]
-  for _ in range(64):  # each round scales the chunks by budget / held, so a few rounds settle
-    held = chunk_bytes(*profiles[0], row) + (0 if broadcast else chunk_bytes(*profiles[1], col))
-    if held <= UNEVEN_SLACK * budget or row == col == 1:
-      break
-    row, col = max(1, int(row * budget / held)), col if broadcast else max(1, int(col * budget / held))
-    if square:
-      row = col = min(row, col)
-  return row, col
+def _within_uneven_sizes(chunks: Tuple[int, int], sides: Tuple[SideStats, SideStats], weights: Tuple[float, float],
+                         budget: int, square: bool, broadcast: bool) -> Tuple[int, int]:
+  """Each side's chunk cut smaller while the records it can really hold (``chunk_bytes``, from the side's size
+  profile) pass UNEVEN_SLACK times its share of the budget (as the average sizes, ``weights``, divide it) plus its
+  largest record: the chunks were sized at the average, and a chunk of one record holds that record whatever
+  the cut. A side of even sizes keeps its chunk. (A broadcast cell's columns are a slice of the per-process
+  copy, which its own bound covers.)"""
+  parts = (chunks[0] * weights[0], 0.0 if broadcast else chunks[1] * weights[1])
+  cut = list(chunks)
+  for side in (0,) if broadcast else (0, 1):
+    profile, largest = size_profile(sides[side]), sides[side].largest
+    allowed = UNEVEN_SLACK * budget * parts[side] / max(sum(parts), 1e-9) + largest
+    for _ in range(64):  # each round scales the chunk by allowed / held, so a few rounds settle
+      held = chunk_bytes(profile, largest, cut[side])
+      if held <= allowed or cut[side] == 1:
+        break
+      cut[side] = max(1, min(cut[side] - 1, int(cut[side] * allowed / held)))
+  if square:
+    cut = [min(cut)] * 2
+  return cut[0], cut[1]
 
 
 def may_route_by_kept_pairs(sample_rate: float, strategy: str) -> bool:
@@ -613,8 +620,6 @@ def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Op
   square = self_join in MIN_STEP and strategy == "grid"
   budget = min(target_shard_bytes, CELL_INPUT_MAX_BYTES)
   row_chunk, col_chunk = _chunks(n, m, pairs_per_cell, strategy, square, weights, budget, sample_rate < 1)
-  row_chunk, col_chunk = _within_uneven_sizes(row_chunk, col_chunk, (left, right), budget, square,
-                                              strategy == "broadcast")
   plan = Plan(strategy=strategy, self_join=self_join, left_count=n, right_count=m, row_chunk=row_chunk,
               col_chunk=col_chunk, offsets=(_offsets(left.good), _offsets(right.good)),
               bad=(dict(left.bad), dict(right.bad)), collisions=collisions, pairs=pairs,
@@ -623,5 +628,10 @@ def make_plan(left: SideStats, right: SideStats, *, strategy: str, self_join: Op
               side_names=names)
   if may_route_by_kept_pairs(sample_rate, strategy) and 0 < plan.sparse_shuffle_bytes <= (
       SPARSE_MAX_SHARE * plan.shuffle_bytes):
-    plan = dataclasses.replace(plan, sparse=True)
+    # Routed by kept pairs, a cell holds only the records of its kept pairs, far fewer than its chunks: the
+    # average's chunks stand (cut for uneven sizes, such cells were mostly empty).
+    return dataclasses.replace(plan, sparse=True)
+  cut = _within_uneven_sizes((row_chunk, col_chunk), (left, right), weights, budget, square, strategy == "broadcast")
+  if cut != (row_chunk, col_chunk):
+    plan = dataclasses.replace(plan, row_chunk=cut[0], col_chunk=cut[1])
   return plan

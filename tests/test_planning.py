@@ -574,23 +574,38 @@ def test_chunk_bytes_bounds_every_run_of_records(sizes_by_source, chunk, block):
 
 
 def test_large_records_that_sit_together_cut_smaller_chunks():
-  """20,000 records of 100 bytes then 2,000 of 100 KB a side (about 9.2 KB on average), sampled: chunks sized by
-  the average would hold 5,500 records, 400 MB where the big ones are; the profile cuts them to hold at most
-  UNEVEN_SLACK times the 256 MB budget. Records of one size keep the grid the average gives."""
+  """3,000 left records of 80 bytes with ten of 200 KB together among them, against 500 of 100 bytes, 0.5 MB
+  shards: chunks sized by the average (24 records) would hold all ten, 2 MB, four times the budget. The profile
+  cuts the left chunks to hold at most UNEVEN_SLACK times their share of the budget plus one large record, and
+  leaves the right side's alone. One large record alone, and even sizes, keep the average's grid: cutting cannot
+  make a chunk smaller than its largest record."""
+  small, right = [80] * 3_000, [100] * 500
+  options = dict(strategy="grid", self_join=None, collision="error", prefixes=("", ""),
+                 max_pairs=planning.MAX_PAIRS, target_shard_bytes=500_000)
+
+  def plans(left):
+    return (make_plan(sized(len(left), sum(left) // len(left), "l"), sized(len(right), 100, "r"), **options),
+            make_plan(_profiled({"a": left}, keys="l"), _profiled({"a": right}, keys="r"), **options))
+
+  def worst(sizes, chunk):
+    return max(sum(sizes[start:start + chunk]) for start in range(0, len(sizes), chunk))
+
+  together = small[:1500] + [200_000] * 10 + small[1500:]
+  average, p = plans(together)
+  assert worst(together, average.row_chunk) > 4 * 500_000  # what the average alone allowed
+  assert worst(together, p.row_chunk) <= planning.UNEVEN_SLACK * 500_000 + 200_000
+  assert p.col_chunk == average.col_chunk and len(p.cells) <= 6 * len(average.cells)
+  for left in (small[:1500] + [1_000_000] + small[1500:], [400] * 3_000):  # one large record; even sizes
+    average, p = plans(left)
+    assert (p.row_chunk, p.col_chunk) == (average.row_chunk, average.col_chunk)
+
+
+def test_a_sample_routed_by_kept_pairs_keeps_its_chunks():
+  """A cell routed by its kept pairs holds only their records (about 30 of its 11,000 here): the average's
+  chunks stand, where cut for uneven sizes such cells were mostly empty shards."""
   sizes = [100] * 20_000 + [100_000] * 2_000
   options = dict(strategy="grid", self_join=None, collision="error", prefixes=("", ""),
                  max_pairs=planning.MAX_PAIRS, target_shard_bytes=CLI_TARGET_SHARD_BYTES, sample_rate=1e-6)
-  budget = min(CLI_TARGET_SHARD_BYTES, planning.CELL_INPUT_MAX_BYTES)
-
-  def worst(chunk):
-    return max(sum(sizes[start:start + chunk]) for start in range(0, len(sizes), chunk))
-
-  average = make_plan(sized(len(sizes), sum(sizes) // len(sizes), "l"),
-                      sized(len(sizes), sum(sizes) // len(sizes), "r"), **options)
-  assert worst(average.row_chunk) + worst(average.col_chunk) > 1.5 * budget  # what the average alone allowed
   p = make_plan(_profiled({"a": sizes}, keys="l"), _profiled({"a": sizes}, keys="r"), **options)
-  assert worst(p.row_chunk) + worst(p.col_chunk) <= planning.UNEVEN_SLACK * budget
-  assert p.row_chunk < average.row_chunk and len(p.cells) > len(average.cells)
-  even = [9_200] * 22_000
-  assert make_plan(_profiled({"a": even}, keys="l"), _profiled({"a": even}, keys="r"), **options).grid == make_plan(
-      sized(22_000, 9_200, "l"), sized(22_000, 9_200, "r"), **options).grid
+  average = make_plan(sized(22_000, sum(sizes) // 22_000, "l"), sized(22_000, sum(sizes) // 22_000, "r"), **options)
+  assert p.sparse and p.grid == average.grid
