@@ -345,6 +345,27 @@ def test_a_failing_multi_processing_run_prints_only_the_error_line(left, tmp_pat
       2, "", f"error: corrupt input {bad}: {expected} (--on_corrupt skip leaves it out)\n")
 
 
+
+def test_a_failing_multi_processing_run_ends_when_a_worker_connects_late(left, tmp_path):
+  """A run that fails before every SDK worker has connected: Beam's close skipped the late worker, which then
+  connected and waited for a request forever, and the run never ended, printing nothing (about half such runs,
+  when the failing bundle lands on the other worker; 2 of 270 plain runs on a loaded machine, and once in CI).
+  The worker that starts first here is 8 s late."""
+  bad = write_tfrecord(str(tmp_path / "in" / "bad.tfrecord"), [make_example({"c": [k]}) for k in range(2)])
+  with open(bad, "r+b") as f:
+    f.seek(-1, os.SEEK_END)
+    last = f.read(1)
+    f.seek(-1, os.SEEK_END)
+    f.write(bytes([last[0] ^ 1]))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests", "late_worker"), ROOT]),
+             LATE_WORKER_SECONDS="8")
+  proc = subprocess.run([sys.executable, "-m", "beam_job", "--left", left, "--right", bad, "--output",
+                         str(tmp_path / "out" / "pairs"), "--direct_running_mode", "multi_processing",
+                         "--direct_num_workers", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        env=env, check=False)
+  assert (proc.returncode, proc.stdout) == (2, "")
+  assert proc.stderr.startswith(f"error: corrupt input {bad}: record 1 ") and proc.stderr.count("\n") == 1
+
 def test_a_skipped_payload_that_is_not_an_example_is_logged_like_a_bad_frame(tmp_path, caplog):
   (tmp_path / "in").mkdir()
   bad, offset = _with_a_bad_payload(tmp_path / "in" / "bad.tfrecord")
