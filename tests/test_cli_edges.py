@@ -322,6 +322,17 @@ def test_many_bad_records_of_one_file_are_found_in_one_more_read(tmp_path, monke
 # --- Multi-processing runs: the error line is the only line -------------------------------------------------
 
 
+def _with_a_bad_crc(path) -> str:
+  """Two records, the second's data CRC broken (its last byte flipped)."""
+  bad = write_tfrecord(str(path), [make_example({"c": [k]}) for k in range(2)])
+  with open(bad, "r+b") as f:
+    f.seek(-1, os.SEEK_END)
+    last = f.read(1)
+    f.seek(-1, os.SEEK_END)
+    f.write(bytes([last[0] ^ 1]))
+  return bad
+
+
 @pytest.mark.parametrize("problem", ["not_an_example", "bad_crc"])
 def test_a_failing_multi_processing_run_prints_only_the_error_line(left, tmp_path, problem):
   """Beam's SDK workers log startup warnings that the runner relays, and print the traceback of the failing
@@ -330,12 +341,7 @@ def test_a_failing_multi_processing_run_prints_only_the_error_line(left, tmp_pat
     bad, offset = _with_a_bad_payload(tmp_path / "in" / "bad.tfrecord")
     expected = f"record 2 (byte {offset}): {NOT_AN_EXAMPLE_PROBLEM}"
   else:
-    bad = write_tfrecord(str(tmp_path / "in" / "bad.tfrecord"), [make_example({"c": [k]}) for k in range(2)])
-    with open(bad, "r+b") as f:
-      f.seek(-1, os.SEEK_END)
-      last = f.read(1)
-      f.seek(-1, os.SEEK_END)
-      f.write(bytes([last[0] ^ 1]))
+    bad = _with_a_bad_crc(tmp_path / "in" / "bad.tfrecord")
     expected = f"record 1 (byte {16 + len(make_example({'c': [0]}))}): bad data CRC"
   proc = subprocess.run([sys.executable, "-m", "beam_job", "--left", left, "--right", bad, "--output",
                          str(tmp_path / "out" / "pairs"), "--direct_running_mode", "multi_processing",
@@ -351,12 +357,7 @@ def test_a_failing_multi_processing_run_ends_when_a_worker_connects_late(left, t
   connected and waited for a request forever, and the run never ended, printing nothing (about half such runs,
   when the failing bundle lands on the other worker; 2 of 270 plain runs on a loaded machine, and once in CI).
   The worker that starts first here is 8 s late."""
-  bad = write_tfrecord(str(tmp_path / "in" / "bad.tfrecord"), [make_example({"c": [k]}) for k in range(2)])
-  with open(bad, "r+b") as f:
-    f.seek(-1, os.SEEK_END)
-    last = f.read(1)
-    f.seek(-1, os.SEEK_END)
-    f.write(bytes([last[0] ^ 1]))
+  bad = _with_a_bad_crc(tmp_path / "in" / "bad.tfrecord")
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests", "late_worker"), ROOT]),
              LATE_WORKER_SECONDS="8")
   proc = subprocess.run([sys.executable, "-m", "beam_job", "--left", left, "--right", bad, "--output",
