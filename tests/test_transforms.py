@@ -413,6 +413,22 @@ def test_records_cross_stages_with_deterministic_compact_coders(tmp_path):
   assert _coder(p, "ReadFrames") == "tuple(string_utf8,varint,pickled_python)"
 
 
+
+def test_kept_pair_and_grouped_routes_cross_stages_with_deterministic_compact_coders(tmp_path):
+  """The sampled grid's join on right ordinals, (right ordinal, (shard or OFFERED, payload)), and what it
+  delivers; a grouped job's routed records, (shard, (key, ordinal * 2 + side, payload)), and those on their way
+  to a rank, ((key, block), (ordinal, payload)): integers and bytes, none pickled."""
+  p = _pipeline()
+  _ = ((p | "Left" >> beam.Create(LEFT), p | "Right" >> beam.Create(RIGHT))
+       | CrossProduct(str(tmp_path / "sampled"), sample_rate=0.01, strategy="grid"))
+  assert _coder(p, "ToCells", "wanted") == "kv(varint,kv(varint,bytes))"
+  assert _coder(p, "Deliver") == "kv(varint,kv(varint,bytes))"
+  p = _pipeline()
+  _ = ((p | "Left" >> beam.Create(LEFT), p | "Right" >> beam.Create(RIGHT))
+       | CrossProduct(str(tmp_path / "grouped"), pairs_per_left=2))
+  assert _coder(p, "ToLeftGroupCells/Direct") == "kv(varint,tuple(bytes,varint,bytes))"
+  assert _coder(p, "ToLeftGroupCells/ToRank") == "kv(kv(bytes,varint),kv(varint,bytes))"
+
 def test_records_of_the_wrong_type_fail_when_the_pipeline_is_built(tmp_path):
   p = _pipeline()
   with pytest.raises(TypeCheckError, match=r"at PrepareLeft: expected Tuple\[<class 'str'>, <class 'int'>, .*got "
