@@ -40,10 +40,11 @@ class _Tally:
     if prepared is None:
       self.bad.setdefault(source, []).append(index)
     else:
+      size = len(prepared.payload)
       self.good[source] += 1
-      self.size += len(prepared.payload)
-      planning.tally_size(self.sizes, source, index, len(prepared.payload))
-      self.largest = max(self.largest, len(prepared.payload))
+      self.size += size
+      planning.tally_size(self.sizes, source, index, size)
+      self.largest = max(self.largest, size)
     runs = self.indexes.get(source)
     if runs is None:
       runs = self.indexes[source] = planning.IndexRuns()
