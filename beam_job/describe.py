@@ -96,10 +96,6 @@ def _grouped_text(description: dict) -> list:
   return lines
 
 
-# How much of the sides a sampled cell holds at most (planning.SAMPLED_SPLITS; broadcast splits the left side only).
-_SAMPLED_SHARE = {"broadcast": "a sixteenth of the left side"}
-
-
 def to_text(description: dict) -> str:
   if "groups_with_pairs" in description["grid"]:
     return _to_text_grouped(description)
@@ -120,8 +116,9 @@ def to_text(description: dict) -> str:
       f"per cell:       at most {description['cell_records'][0]:,} + {description['cell_records'][1]:,} records, "
       f"~{description['cell_input_bytes'] / 1e6:,.1f} MB of them; ~{description['worker_memory_bytes'] / 1e6:,.0f} MB "
       "estimated per worker process for the job's data" + (
-          f" (sampled: a cell holds at most {_SAMPLED_SHARE.get(description['strategy'], 'a quarter of each side')},"
-          " so that the work spreads over workers)" if description["sampled_split"] else ""),
+          " (sampled: a cell holds at most "  # planning.SAMPLED_SPLITS; broadcast splits the left side only
+          + ("a sixteenth of the left side" if description["strategy"] == "broadcast" else "a quarter of each side")
+          + ", so that the work spreads over workers)" if description["sampled_split"] else ""),
       f"collisions:     {description['collisions']} (--collision {description['collision_policy']})",
       f"features:       {description['renaming']}",
       f"corrupt:        {description['corrupt_records']} record(s) left out",
