@@ -19,12 +19,13 @@ one still starting, keeps running. Two guards, both local to this machine:
   ends each worker's control stream, then waits for the worker process to exit; but it ends the stream only of
   a worker that has connected. A worker still starting when a failed run closes connects afterwards and waits
   for a request forever, and the runner waits for it forever: a failing run printed nothing and never exited
-  (once in about 170 failing two-worker runs, and in CI; its stacks showed both workers waiting for a request
-  and the runner in ``stop_worker``). While the worker lives, its connection is closed again: a no-op, or the
+  (2 of 270 failing multi-processing runs on a loaded machine, and once in CI; its stacks showed every worker
+  waiting for a request and the runner in ``stop_worker``). While the worker lives, its connection is closed again: a no-op, or the
   end of a late worker's stream, after which it exits as any other does.
 """
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -224,6 +225,7 @@ def join_ending_late(worker_thread: threading.Thread, control) -> None:
     worker_thread.join(CHECK_SECONDS)
 
 
+@functools.lru_cache(maxsize=None)  # once per process
 def ending_late_workers() -> None:
   """Makes the local runner start multi-processing workers with Beam's own handler whose stop also ends a worker
   that connected late (``join_ending_late``), registered as Beam registers its handlers. (Imported here, not by
